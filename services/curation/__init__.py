@@ -1,0 +1,1 @@
+"""curation component of Primer."""
