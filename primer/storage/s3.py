@@ -8,8 +8,8 @@ Configuration comes from the environment, never from a config file in git:
 - ``PRIMER_S3_RETRIES``: attempts for a transient failure (default 5), with exponential
   backoff and jitter.
 
-Writes stream into a multipart upload fed from a bounded queue, so at most a few parts are in
-memory; the object appears only when the upload completes and is aborted on error.
+Writes stream into a multipart upload, a few parts in flight, so memory stays at a few parts;
+the object appears only when the upload completes, and the upload is aborted on error.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
+from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from primer.storage.base import (
@@ -44,6 +45,7 @@ from primer.storage.base import (
 T = TypeVar("T")
 
 PART_SIZE = 16 << 20  # 16 MiB: few requests per GiB, small enough to keep 3-4 in memory
+PARALLEL_PARTS = 3  # parts in flight per writer, as minio's own put_object
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                "ExpiredToken", "AllAccessDisabled"}
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
@@ -149,7 +151,9 @@ class S3Storage(Storage):
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         name = self._name(key)
         size = self.stat(key).size  # fails clearly for a missing key or bucket
-        return io.BufferedReader(_S3Reader(self, key, name, size, offset), 1 << 20)
+        # Unbuffered on purpose: reads return whole (urllib3 buffers), so a BufferedReader
+        # would only add a copy. Small reads are the caller's to batch.
+        return _S3Reader(self, key, name, size, offset)  # type: ignore[return-value]
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -238,14 +242,33 @@ class _S3Reader(io.RawIOBase):
         return self._s._retry("read", lambda: self._s.client.get_object(
             self._s.bucket, self._name, offset=pos), self._key)
 
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        """Up to ``n`` bytes (all the rest for -1), short only at the end of the object."""
+        if n is None or n < 0:
+            n = self._size - self._pos
+        out: list[bytes] = []
+        want = min(n, max(0, self._size - self._pos))
+        while want:
+            chunk = self._read_some(want)
+            out.append(chunk)
+            want -= len(chunk)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
     def readinto(self, b) -> int:  # type: ignore[override]
-        if self._pos >= self._size or len(b) == 0:
-            return 0
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def _read_some(self, want: int) -> bytes:
         while True:
             if self._resp is None:
                 self._resp = self._open()
             try:
-                n = self._resp.readinto(b)
+                data = self._resp.read(want)
+                n = len(data)
             except _NETWORK_ERRORS as exc:
                 self._drop()
                 self._failures += 1
@@ -255,7 +278,7 @@ class _S3Reader(io.RawIOBase):
                     ) from None
                 _backoff(self._failures)
                 continue
-            if n == 0 and self._pos < self._size:
+            if n == 0:
                 self._drop()  # connection closed early: resume from where we are
                 self._failures += 1
                 if self._failures >= self._s.attempts:
@@ -263,7 +286,7 @@ class _S3Reader(io.RawIOBase):
                                        f"of {self._size}")
                 continue
             self._pos += n
-            return n
+            return data
 
     def _drop(self) -> None:
         if self._resp is not None:
@@ -277,115 +300,105 @@ class _S3Reader(io.RawIOBase):
         super().close()
 
 
-class _Abort(Exception):
-    """Raised inside the uploader thread to make minio abort the multipart upload."""
-
-
 class _S3Writer(io.RawIOBase):
-    """A writable stream that feeds ``put_object`` on a background thread, part by part."""
+    """A writable stream that uploads full parts on a few threads while the caller writes.
 
-    _EOF = object()
-    _ABORT = object()
+    Small objects (under one part) go up in one PutObject on commit. Larger ones become a
+    multipart upload: each full part is sent as soon as it is buffered, with at most
+    ``PARALLEL_PARTS`` in flight, so memory stays at a few parts whatever the object's size.
+    The part calls are minio's own (``_create_multipart_upload`` and friends, pinned with
+    ``minio<8``): its public ``put_object`` needs a readable stream, not a writer.
+    """
 
     def __init__(self, storage: S3Storage, key: str, name: str):
         self._s, self._key, self._name = storage, key, name
         self._part = storage.part_size
-        self._pending: list[bytes] = []
-        self._pending_len = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
-        self._leftover = memoryview(b"")
-        self._error: BaseException | None = None
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[Future[str]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(PARALLEL_PARTS)
         self._done = False
-        self._thread = threading.Thread(target=self._upload, name=f"s3-put-{key}", daemon=True)
-        self._thread.start()
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:  # type: ignore[override]
-        self._check()
-        data = bytes(b)
-        self._pending.append(data)
-        self._pending_len += len(data)
-        if self._pending_len >= self._part:
-            self._flush_parts()
-        return len(data)
+        if self._done:
+            raise ValueError(f"write to {self._s.url(self._key)} after it was committed")
+        self._buf += b
+        while len(self._buf) >= self._part:
+            self._send(bytes(memoryview(self._buf)[: self._part]))
+            del self._buf[: self._part]  # cheap: bytearray drops its head without copying
+        return len(b)
 
-    def _flush_parts(self) -> None:
-        blob = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        view = memoryview(blob)
-        while len(view) >= self._part:
-            self._put(bytes(view[: self._part]) if len(view) > self._part else blob)
-            view = view[self._part:]
-        self._pending = [bytes(view)] if len(view) else []
-        self._pending_len = len(view)
-
-    def _put(self, item) -> None:
-        while True:
-            self._check()
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def _check(self) -> None:
-        if self._error is not None:
-            if isinstance(self._error, StorageError):
-                raise self._error
-            raise StorageError(f"writing {self._s.url(self._key)} failed: "
-                               f"{type(self._error).__name__}: {self._error}")
-
-    # The uploader side: put_object reads from us as from a file.
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
-        if len(self._leftover):
-            out = self._leftover[:n] if n >= 0 else self._leftover
-            self._leftover = self._leftover[len(out):]
-            return bytes(out)
-        item = self._queue.get()
-        if item is self._EOF:
-            return b""
-        if item is self._ABORT:
-            raise _Abort()
-        if n < 0 or n >= len(item):
-            return item
-        self._leftover = memoryview(item)[n:]
-        return item[:n]
-
-    def _upload(self) -> None:
+    def _send(self, data: bytes) -> None:
+        c, bucket, name = self._s.client, self._s.bucket, self._name
+        if self._upload_id is None:
+            self._upload_id = self._s._retry("start upload of", lambda: c._create_multipart_upload(
+                bucket, name, {"Content-Type": "application/octet-stream"}), self._key)
+            self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="s3-part")
+        for fut in self._parts:  # fail fast: a part that failed makes the rest pointless
+            if fut.done() and fut.exception() is not None:
+                fut.result()
+        number, upload_id = len(self._parts) + 1, self._upload_id
+        self._slots.acquire()  # blocks while PARALLEL_PARTS parts are in flight
         try:
-            # One attempt: the stream cannot be rewound. Each part is retried by urllib3.
-            self._s._retry("write", lambda: self._s.client.put_object(
-                self._s.bucket, self._name, self, length=-1, part_size=self._part),
-                self._key, attempts=1)
-        except _Abort:
-            pass
-        except BaseException as exc:  # surfaced to the writer on its next call
-            self._error = exc
-            # Unblock a writer waiting on a full queue; its next _check raises.
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._queue.get_nowait()
+            fut = self._pool.submit(self._s._retry, f"upload part {number} of", lambda: c._upload_part(
+                bucket, name, data, None, upload_id, number), self._key)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._slots.release())
+        self._parts.append(fut)
+        if len(self._parts) % 1000 == 0:  # S3 allows 10,000 parts: grow them to reach ~16 TiB
+            self._part *= 2
 
     def commit(self) -> None:
         if self._done:
             return
         self._done = True
-        if self._pending_len:
-            self._put(b"".join(self._pending))
-            self._pending, self._pending_len = [], 0
-        self._put(self._EOF)
-        self._thread.join()
-        self._check()
+        c, bucket, name = self._s.client, self._s.bucket, self._name
+        try:
+            if self._upload_id is None:
+                data = bytes(self._buf)
+                self._s._retry("write", lambda: c.put_object(bucket, name, io.BytesIO(data),
+                                                              len(data)), self._key)
+                return
+            if self._buf:
+                self._send(bytes(self._buf))
+            etags = [fut.result() for fut in self._parts]
+            parts = [Part(i + 1, etag) for i, etag in enumerate(etags)]
+            upload_id = self._upload_id
+            self._s._retry("complete upload of", lambda: c._complete_multipart_upload(
+                bucket, name, upload_id, parts), self._key)
+        except BaseException:
+            self._abort_upload()
+            raise
+        finally:
+            self._buf = bytearray()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(BaseException):
-            self._put(self._ABORT)
-        self._thread.join()
+        self._buf = bytearray()
+        self._abort_upload()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _abort_upload(self) -> None:
+        for fut in self._parts:
+            fut.cancel()
+        for fut in self._parts:
+            with contextlib.suppress(BaseException):
+                fut.result()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            with contextlib.suppress(Exception):  # best effort; S3 lifecycle rules reap leftovers
+                self._s.client._abort_multipart_upload(self._s.bucket, self._name, upload_id)
 
     def close(self) -> None:  # closing inside the with block is allowed; commit happens on exit
         pass
-

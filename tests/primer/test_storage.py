@@ -85,6 +85,21 @@ def test_failed_write_publishes_nothing_and_keeps_the_old_object(storage_uri):
     assert [o.key for o in store.list()] == ["obj"]  # no temp debris is listed
 
 
+def test_failed_multipart_write_is_aborted(storage_uri):
+    """An error after several parts went up publishes nothing and keeps the old object."""
+    store = open_storage(storage_uri)
+    if isinstance(store, S3Storage):
+        store.part_size = 5 << 20
+    store.write_bytes("big", b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.open_write("big") as f:
+            for _ in range(13):
+                f.write(os.urandom(1 << 20))
+            raise RuntimeError("boom")
+    assert store.read_bytes("big") == b"old"
+    assert [o.key for o in store.list()] == ["big"]
+
+
 def test_object_is_invisible_until_the_write_commits(storage_uri):
     store = open_storage(storage_uri)
     with store.open_write("pending") as f:

