@@ -1,0 +1,268 @@
+"""Work units, jobs, completion markers and the :class:`Executor` interface.
+
+A *work unit* is one shard of one step: an importable function (``"pkg.module:function"``)
+and JSON arguments, so the same unit runs in a local process pool and in a Celery worker.
+Units are idempotent. :func:`run_unit` is the one place a unit is run, by every executor:
+it skips a unit whose completion marker exists, otherwise calls the function and then writes
+``<state_uri>/_markers/<unit_id>.json`` atomically. The marker is written only after the
+function returned, so a unit killed half-way runs again on the next attempt; its output must
+therefore be published atomically too (``Storage.open_write`` does that).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from primer.storage import ObjectNotFoundError, Storage, open_storage
+
+log = logging.getLogger("primer.executor")
+
+MARKERS = "_markers"
+_UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one storage key segment, no "/"
+_FN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One idempotent piece of a job."""
+
+    id: str
+    """Unique in the job; letters, digits, ``. _ -`` (it names the marker object)."""
+    fn: str
+    """Import path ``"package.module:function"``, resolvable in the worker process."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """JSON-serialisable keyword arguments; the unit runs ``fn(**args)``."""
+
+    def __post_init__(self) -> None:
+        if not _UNIT_ID.fullmatch(self.id):
+            raise ValueError(f"work unit id {self.id!r}: use letters, digits, '.', '_', '-'")
+        if not _FN.fullmatch(self.fn):
+            raise ValueError(f"work unit {self.id}: fn {self.fn!r} is not 'package.module:name'")
+        try:  # checked here, not first on a Celery worker
+            json.dumps(self.args)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"work unit {self.id}: args are not JSON-serialisable: {exc}") \
+                from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "fn": self.fn, "args": self.args}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkUnit:
+        return cls(data["id"], data["fn"], dict(data.get("args") or {}))
+
+
+@dataclass
+class Job:
+    """A named set of units whose completion markers live under ``state_uri``."""
+
+    name: str
+    units: list[WorkUnit]
+    state_uri: str
+    """Storage URI (path or ``s3://…``) for ``_markers/``; one per job (step), not shared."""
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for unit in self.units:
+            if unit.id in seen:
+                raise ValueError(f"job {self.name}: duplicate work unit id {unit.id!r}")
+            seen.add(unit.id)
+
+
+@dataclass(frozen=True)
+class UnitOutcome:
+    """A unit that completed: now (``skipped=False``) or in an earlier run (``skipped=True``)."""
+
+    unit_id: str
+    result: Any
+    skipped: bool
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class UnitFailure:
+    """A unit that raised, or whose process died; it has no marker and runs again next time."""
+
+    unit_id: str
+    error: str
+    """``"ExceptionType: message"``."""
+    traceback: str
+    """The formatted traceback from the process that ran the unit ("" if it died hard)."""
+
+
+@dataclass
+class JobResult:
+    """What one ``Executor.run`` did. Lists hold unit ids, in completion order."""
+
+    job: str
+    done: list[str] = field(default_factory=list)
+    """Units that ran now and wrote their marker."""
+    skipped: list[str] = field(default_factory=list)
+    """Units whose marker already existed, so nothing ran."""
+    failed: list[UnitFailure] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    """The return value of every completed unit (done or skipped), by unit id."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def add(self, outcome: UnitOutcome | UnitFailure) -> None:
+        if isinstance(outcome, UnitFailure):
+            self.failed.append(outcome)
+            return
+        (self.skipped if outcome.skipped else self.done).append(outcome.unit_id)
+        self.results[outcome.unit_id] = outcome.result
+
+    def summary(self) -> str:
+        return (f"job {self.job}: {len(self.done)} done, {len(self.skipped)} skipped, "
+                f"{len(self.failed)} failed")
+
+
+# -- markers --------------------------------------------------------------------------------
+
+
+def marker_key(unit_id: str) -> str:
+    return f"{MARKERS}/{unit_id}.json"
+
+
+def completed_ids(state: Storage) -> set[str]:
+    """Ids of every unit with a marker: one listing instead of one lookup per unit."""
+    suffix = ".json"
+    return {o.key[len(MARKERS) + 1:-len(suffix)] for o in state.list(MARKERS + "/")
+            if o.key.endswith(suffix)}
+
+
+def read_marker(state: Storage, unit_id: str) -> dict[str, Any] | None:
+    """The marker of ``unit_id`` (result, host, pid, duration_s, finished_at), or None."""
+    try:
+        return json.loads(state.read_text(marker_key(unit_id)))
+    except ObjectNotFoundError:
+        return None
+
+
+def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:
+    """Outcomes for the units of ``job`` that already have a marker, with stored results."""
+    done = completed_ids(state)
+    for unit in job.units:
+        if unit.id in done:
+            marker = read_marker(state, unit.id) or {}
+            yield UnitOutcome(unit.id, marker.get("result"), skipped=True)
+
+
+# -- running one unit -----------------------------------------------------------------------
+
+
+def resolve(fn: str):
+    """Import ``"package.module:attr.path"`` and return the object."""
+    module_name, _, attr = fn.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_unit(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutcome:
+    """Run ``unit`` unless its marker exists; write the marker after the function returns.
+
+    Exceptions from the unit propagate (the caller reports them); no marker is written then.
+    """
+    state = open_storage(state_uri)
+    marker = read_marker(state, unit.id)
+    if marker is not None:
+        log.info("job %s unit %s: already done, skipped", job, unit.id,
+                 extra={"job": job, "unit": unit.id})
+        return UnitOutcome(unit.id, marker.get("result"), skipped=True)
+    start = time.monotonic()
+    result = resolve(unit.fn)(**unit.args)
+    duration = time.monotonic() - start
+    state.write_text(marker_key(unit.id), json.dumps({
+        "job": job, "unit": unit.id, "fn": unit.fn, "result": result,
+        "host": socket.gethostname(), "pid": os.getpid(), "duration_s": round(duration, 3),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    }, indent=1))
+    log.info("job %s unit %s: done in %.2fs", job, unit.id, duration,
+             extra={"job": job, "unit": unit.id, "duration_s": duration})
+    return UnitOutcome(unit.id, result, skipped=False, duration_s=duration)
+
+
+def run_unit_captured(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutcome | UnitFailure:
+    """:func:`run_unit`, with an exception turned into a :class:`UnitFailure` (traceback as
+    text, so nothing unpicklable has to cross a process boundary)."""
+    try:
+        return run_unit(unit, state_uri, job)
+    except Exception as exc:  # noqa: BLE001 - reported, never lost
+        return UnitFailure(unit.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+# -- the executor interface -----------------------------------------------------------------
+
+
+class Executor(abc.ABC):
+    """Runs every unit of a job; a failing unit never stops the others."""
+
+    @abc.abstractmethod
+    def run(self, job: Job, *, progress: bool = True) -> JobResult:
+        """Run the units of ``job`` that have no marker; report done, skipped and failed."""
+
+
+def report(job: Job, result: JobResult, outcome: UnitOutcome | UnitFailure,
+           *, ran_now: bool = True) -> None:
+    """Record ``outcome`` in ``result`` and log a failure with its traceback.
+
+    ``ran_now``: the unit had no marker when the run began, so if it reports "skipped" its
+    marker was written during this run (a retry after its process died past the marker, a
+    redelivery of a finished unit): it counts as done, not skipped.
+    """
+    if ran_now and isinstance(outcome, UnitOutcome) and outcome.skipped:
+        outcome = dataclasses.replace(outcome, skipped=False)
+    result.add(outcome)
+    if isinstance(outcome, UnitFailure):
+        log.error("job %s unit %s failed: %s\n%s", job.name, outcome.unit_id, outcome.error,
+                  outcome.traceback, extra={"job": job.name, "unit": outcome.unit_id})
+
+
+class ProgressBar:
+    """A rich progress bar over a job's units: done/total and a failure count."""
+
+    def __init__(self, job: Job, enabled: bool = True):
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+            TimeRemainingColumn(), disable=not enabled)
+        self._task = self._progress.add_task(job.name, total=len(job.units), failed=0)
+        self._failed = 0
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def advance(self, outcome: UnitOutcome | UnitFailure) -> None:
+        self._failed += isinstance(outcome, UnitFailure)
+        self._progress.update(self._task, advance=1, failed=self._failed)
+

@@ -1,0 +1,93 @@
+"""The Celery app and its one generic task, ``primer.run_unit``: the cluster-mode worker entry.
+
+Launch a worker (one unit at a time per process; scale with more workers)::
+
+    PRIMER_REDIS_URL=redis://redis:6379/0 celery -A primer.executor.celery_app worker \\
+        -Q primer --pool prefork --concurrency 1
+
+Environment: ``PRIMER_REDIS_URL`` (broker and result backend, default
+``redis://localhost:6379/0``), ``PRIMER_CELERY_QUEUE`` (default ``primer``; the Redis list a
+KEDA autoscaler watches), ``PRIMER_CELERY_VISIBILITY_TIMEOUT`` (seconds, default 3600).
+
+Delivery is at-least-once: a unit is acknowledged only after it ran (``acks_late``), a
+worker child that dies requeues it (``task_reject_on_worker_lost``), and a message held by a
+worker that vanished (kill -9, lost node) goes back to the queue once it has been unacked
+for the visibility timeout; a live worker's event loop sweeps for those. Set the timeout
+above the longest unit's run time, or a slow unit is handed to a second worker while the
+first still runs it (harmless, since units are idempotent, but wasted work). Because a
+process death requeues the unit, a unit that always kills its process is retried forever.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from primer.executor.base import WorkUnit, run_unit
+
+TASK_NAME = "primer.run_unit"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    """Where the queue is and how deliveries behave."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    """Broker and result backend (``redis://host:port/db``)."""
+    queue: str = "primer"
+    """Queue (Redis list) the units are sent to and workers consume (``-Q``)."""
+    visibility_timeout: float = 3600.0
+    """Seconds a delivered, unacknowledged unit waits before another worker may take it."""
+    restore_interval: float = field(default=0.0)
+    """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
+    visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
+
+    @classmethod
+    def from_env(cls) -> CeleryConfig:
+        return cls(
+            redis_url=os.environ.get("PRIMER_REDIS_URL", DEFAULT_REDIS_URL),
+            queue=os.environ.get("PRIMER_CELERY_QUEUE", "primer"),
+            visibility_timeout=float(os.environ.get("PRIMER_CELERY_VISIBILITY_TIMEOUT", "3600")),
+        )
+
+    def transport_options(self) -> dict[str, Any]:
+        interval = self.restore_interval or min(10.0, max(1.0, self.visibility_timeout / 5))
+        # kombu scans every `interval * throttle` seconds; throttle 1 makes it `interval`.
+        return {"visibility_timeout": self.visibility_timeout,
+                "unacked_restore_interval": interval, "unacked_restore_throttle": 1}
+
+
+def make_app(config: CeleryConfig | None = None) -> Celery:
+    """A Celery app with Primer's delivery settings and the ``primer.run_unit`` task."""
+    config = config or CeleryConfig.from_env()
+    app = Celery("primer", broker=config.redis_url, backend=config.redis_url,
+                 set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # On a lost broker connection the unacked unit is redelivered elsewhere; stop the
+        # local copy instead of running it twice.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=config.queue,
+        broker_transport_options=config.transport_options(),
+        broker_connection_retry_on_startup=True,
+    )
+
+    @app.task(name=TASK_NAME)
+    def run_unit_task(unit: dict[str, Any], state_uri: str, job: str = "") -> dict[str, Any]:
+        outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
+        return {"result": outcome.result, "skipped": outcome.skipped,
+                "duration_s": outcome.duration_s}
+
+    return app
+
+
+app = make_app()
