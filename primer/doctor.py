@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 import uuid
@@ -111,12 +112,15 @@ def check_redis(url: str, timeout: float = 2.0) -> Check:
 
 def check_tool(tool: str, env_var: str, version_args: Sequence[str],
                env: Mapping[str, str] | None = None) -> Check:
-    """A cluster tool (helm, kubectl): from ``env_var`` or PATH, and whether it runs."""
+    """A cluster tool (helm, kubectl): from ``env_var``, PATH or ``.tools/bin`` (where
+    ``make tools`` puts it), and whether it runs."""
     env = os.environ if env is None else env
     fix = TOOLS_FIX.format(tool=tool, env=env_var)
-    path = env.get(env_var) or shutil.which(tool, path=env.get("PATH"))
+    local = Path(".tools/bin") / tool
+    path = env.get(env_var) or shutil.which(tool, path=env.get("PATH")) or \
+        (str(local.absolute()) if local.is_file() else None)
     if not path:
-        return Check(tool, "warn", f"not found on PATH and {env_var} is unset", fix)
+        return Check(tool, "warn", f"not found on PATH or in .tools/bin, and {env_var} is unset", fix)
     try:
         proc = subprocess.run([path, *version_args], capture_output=True, text=True,
                               timeout=15, check=False)

@@ -146,11 +146,18 @@ def test_check_python_threshold():
     assert old.status == "FAIL" and "3.10.9" in old.detail and old.fix
 
 
-def test_check_tool_missing_and_present(tmp_path):
+def test_check_tool_missing_and_present(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     missing = check_tool("helm", "PRIMER_HELM", ["version"], env={"PATH": str(tmp_path)})
     assert missing.status == "warn"
-    assert missing.detail == "not found on PATH and PRIMER_HELM is unset"
+    assert missing.detail == "not found on PATH or in .tools/bin, and PRIMER_HELM is unset"
     assert "make tools" in missing.fix
+    unpacked = tmp_path / ".tools/bin/helm"  # where `make tools` puts it
+    unpacked.parent.mkdir(parents=True)
+    unpacked.write_text("#!/bin/sh\necho v4.1.4+gtools\n")
+    unpacked.chmod(0o755)
+    local = check_tool("helm", "PRIMER_HELM", ["version"], env={"PATH": str(tmp_path)})
+    assert local == Check("helm", "ok", f"v4.1.4+gtools ({unpacked})")
     fake = tmp_path / "helm"
     fake.write_text("#!/bin/sh\necho v4.0.0+gabc\n")
     fake.chmod(0o755)
@@ -185,7 +192,7 @@ def make_plugin(root: Path, dist: str, module: str, name: str, source: str) -> N
 
 
 def test_plugin_is_mounted_under_its_entry_point_name(tmp_path):
-    make_plugin(tmp_path, "primer_demo", "primer_demo_cli", "demo", '''
+    make_plugin(tmp_path, "primer_greet", "primer_greet_cli", "greet", '''
         import typer
         app = typer.Typer(help="Demo component commands.")
 
@@ -197,11 +204,11 @@ def test_plugin_is_mounted_under_its_entry_point_name(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     top = primer("--help", env=env)
     assert top.returncode == 0, top.stderr
-    assert "demo" in top.stdout and "Demo component commands." in top.stdout
-    sub = primer("demo", "--help", env=env)
+    assert "greet" in top.stdout and "Demo component commands." in top.stdout
+    sub = primer("greet", "--help", env=env)
     assert sub.returncode == 0, sub.stderr
     assert "hello" in sub.stdout
-    run = primer("demo", "hello", "--name", "primer", env=env)
+    run = primer("greet", "hello", "--name", "primer", env=env)
     assert run.returncode == 0 and run.stdout.strip() == "hello primer"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import threading
 
 import pytest
@@ -220,12 +221,28 @@ def test_bad_endpoint_setting(monkeypatch):
         open_storage("s3://bucket/p")
 
 
-def test_full_disk_is_reported_and_leaves_nothing(tmp_path):
-    """/dev/full answers every write with ENOSPC: the error says so and nothing is published."""
-    store = LocalStorage(tmp_path)
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; the tests and CI run as root)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"mounting a tmpfs needs root: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_is_reported_and_loses_nothing(tiny_disk):
+    store = LocalStorage(tiny_disk)
+    store.write_bytes("kept", b"k" * 1000)
     with pytest.raises(StorageError, match="no space left"):
-        with store.open_write("x") as f:
-            with open("/dev/full", "wb") as full:
-                full.write(b"x")
-                full.flush()
-    assert list(store.list()) == [] and not any(tmp_path.iterdir())
+        with store.open_write("big") as f:
+            for _ in range(4):
+                f.write(os.urandom(512 << 10))
+    with pytest.raises(StorageError, match="no space left"):
+        store.write_bytes("kept", os.urandom(2 << 20))
+    assert [o.key for o in store.list()] == ["kept"]
+    assert store.read_bytes("kept") == b"k" * 1000
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["kept"]  # no temp files left
