@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from primer.storage import open_storage  # noqa: E402
-from primer.storage.s3 import PART_SIZE  # noqa: E402
-from tests.servers import s3_server  # noqa: E402
+from primer.storage import open_storage
+from primer.storage.s3 import PART_SIZE
+from tests.servers import s3_server
 
 CHUNK = 1 << 20  # what an application writes / reads at a time
 

@@ -5,7 +5,8 @@ It imports none of the components (``services``, ``model``, ``operators``); they
 the CLI through the ``primer.commands`` entry-point group.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("primer")

@@ -19,7 +19,7 @@ import logging
 import platform
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -46,7 +46,7 @@ log = logging.getLogger("primer.cli")
 err = Console(stderr=True, soft_wrap=True)
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
@@ -188,7 +188,7 @@ def _mount(app: typer.Typer, ep: EntryPoint, taken: set[str]) -> None:
     else:
         try:
             sub = ep.load()
-        except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the CLI
+        except Exception as e:
             problem = f"{type(e).__name__}: {e}"
         else:
             if not isinstance(sub, typer.Typer):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 import subprocess
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +46,7 @@ def check_python(version: Sequence[int] = tuple(sys.version_info[:3])) -> Check:
 def check_torch() -> Check:
     try:
         import torch
-    except Exception as e:  # noqa: BLE001 - any import failure is the finding
+    except Exception as e:
         return Check("torch", "FAIL", f"import failed: {type(e).__name__}: {e}",
                      "pip install torch (see README: `make setup` uses the local CPU wheel)")
     return Check("torch", "ok", torch.__version__)
@@ -60,7 +60,7 @@ def check_gpu() -> Check:
             return Check("gpu", "warn", "no CUDA device; training runs on CPU (gloo)",
                          "fine for tiny presets; paper-scale runs need NVIDIA GPUs and drivers")
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return Check("gpu", "warn", f"cannot query CUDA: {type(e).__name__}: {e}",
                      "check the NVIDIA driver and that torch was built with CUDA")
     return Check("gpu", "ok", f"{len(names)} × " + ", ".join(sorted(set(names))))
@@ -81,7 +81,7 @@ def check_storage(uri: str) -> Check:
                              "check the storage backend for corruption")
         finally:
             store.delete(key)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if uri.startswith("s3://"):
             fix = ("set PRIMER_S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                    "and create the bucket")
@@ -103,7 +103,7 @@ def check_redis(url: str, timeout: float = 2.0) -> Check:
             version = client.info("server").get("redis_version", "?")
         finally:
             client.close()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return Check("redis", "warn", f"{shown} unreachable: {type(e).__name__}: {e}",
                      "only the cluster mode needs Redis: `apt-get install redis-server`, "
                      "or set PRIMER_REDIS_URL to a running server")
@@ -120,7 +120,8 @@ def check_tool(tool: str, env_var: str, version_args: Sequence[str],
     path = env.get(env_var) or shutil.which(tool, path=env.get("PATH")) or \
         (str(local.absolute()) if local.is_file() else None)
     if not path:
-        return Check(tool, "warn", f"not found on PATH or in .tools/bin, and {env_var} is unset", fix)
+        return Check(tool, "warn",
+                     f"not found on PATH or in .tools/bin, and {env_var} is unset", fix)
     try:
         proc = subprocess.run([path, *version_args], capture_output=True, text=True,
                               timeout=15, check=False)

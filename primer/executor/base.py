@@ -213,7 +213,7 @@ def run_unit_captured(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutc
     text, so nothing unpicklable has to cross a process boundary)."""
     try:
         return run_unit(unit, state_uri, job)
-    except Exception as exc:  # noqa: BLE001 - reported, never lost
+    except Exception as exc:
         return UnitFailure(unit.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 

@@ -14,8 +14,12 @@ worker child that dies requeues it (``task_reject_on_worker_lost``), and a messa
 worker that vanished (kill -9, lost node) goes back to the queue once it has been unacked
 for the visibility timeout; a live worker's event loop sweeps for those. Set the timeout
 above the longest unit's run time, or a slow unit is handed to a second worker while the
-first still runs it (harmless, since units are idempotent, but wasted work). Because a
-process death requeues the unit, a unit that always kills its process is retried forever.
+first still runs it (harmless, since units are idempotent, but wasted work).
+
+Because a process death requeues the unit, a unit that always kills its process (a poison
+input, an out-of-memory shard) would come back forever. Each delivery is counted in Redis
+under the task id, and past ``PRIMER_CELERY_MAX_DELIVERIES`` (default 5) the unit fails with
+an error that says so instead of running again.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class CeleryConfig:
     """Queue (Redis list) the units are sent to and workers consume (``-Q``)."""
     visibility_timeout: float = 3600.0
     """Seconds a delivered, unacknowledged unit waits before another worker may take it."""
+    max_deliveries: int = 5
+    """Deliveries of one unit before it is failed instead of run again (a unit whose
+    worker process dies every time would otherwise be requeued forever)."""
     restore_interval: float = field(default=0.0)
     """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
     visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
@@ -52,6 +59,7 @@ class CeleryConfig:
             redis_url=os.environ.get("PRIMER_REDIS_URL", DEFAULT_REDIS_URL),
             queue=os.environ.get("PRIMER_CELERY_QUEUE", "primer"),
             visibility_timeout=float(os.environ.get("PRIMER_CELERY_VISIBILITY_TIMEOUT", "3600")),
+            max_deliveries=int(os.environ.get("PRIMER_CELERY_MAX_DELIVERIES", "5")),
         )
 
     def transport_options(self) -> dict[str, Any]:
@@ -81,13 +89,32 @@ def make_app(config: CeleryConfig | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name=TASK_NAME)
-    def run_unit_task(unit: dict[str, Any], state_uri: str, job: str = "") -> dict[str, Any]:
+    @app.task(name=TASK_NAME, bind=True)
+    def run_unit_task(self, unit: dict[str, Any], state_uri: str, job: str = "") -> dict[str, Any]:
+        deliveries = _count_delivery(self.app, self.request.id)
+        if deliveries > config.max_deliveries:
+            raise DeliveryLimitError(
+                f"unit {unit.get('id')} of job {job or '?'} was delivered {deliveries} times "
+                f"(limit {config.max_deliveries}): its worker process died each time (killed, "
+                "out of memory?); giving up. Raise PRIMER_CELERY_MAX_DELIVERIES to allow more.")
         outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
         return {"result": outcome.result, "skipped": outcome.skipped,
                 "duration_s": outcome.duration_s}
 
     return app
+
+
+class DeliveryLimitError(RuntimeError):
+    """A unit was redelivered more often than ``max_deliveries`` allows."""
+
+
+def _count_delivery(app: Celery, task_id: str) -> int:
+    """Count one delivery of ``task_id`` (the id survives redelivery); kept for a week."""
+    client = app.backend.client  # the result backend is the same Redis as the broker
+    key = f"primer:deliveries:{task_id}"
+    with client.pipeline() as pipe:
+        count, _ = pipe.incr(key).expire(key, 7 * 24 * 3600).execute()
+    return int(count)
 
 
 app = make_app()

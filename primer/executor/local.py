@@ -97,7 +97,7 @@ class LocalExecutor(Executor):
                         except BrokenProcessPool:
                             suspects.append(unit)
                             continue
-                        except Exception as exc:  # noqa: BLE001 - e.g. a result that won't pickle
+                        except Exception as exc:
                             outcome = UnitFailure(unit.id, f"{type(exc).__name__}: {exc}",
                                                   traceback.format_exc())
                         yield outcome

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO

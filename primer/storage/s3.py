@@ -335,8 +335,9 @@ class _S3Writer(io.RawIOBase):
     def _send(self, data: bytes) -> None:
         c, bucket, name = self._s.client, self._s.bucket, self._name
         if self._upload_id is None:
-            self._upload_id = self._s._retry("start upload of", lambda: c._create_multipart_upload(
-                bucket, name, {"Content-Type": "application/octet-stream"}), self._key)
+            self._upload_id = self._s._retry(
+                "start upload of", lambda: c._create_multipart_upload(
+                    bucket, name, {"Content-Type": "application/octet-stream"}), self._key)
             self._pool = ThreadPoolExecutor(PARALLEL_PARTS, thread_name_prefix="s3-part")
         for fut in self._parts:  # fail fast: a part that failed makes the rest pointless
             if fut.done() and fut.exception() is not None:
@@ -344,8 +345,9 @@ class _S3Writer(io.RawIOBase):
         number, upload_id = len(self._parts) + 1, self._upload_id
         self._slots.acquire()  # blocks while PARALLEL_PARTS parts are in flight
         try:
-            fut = self._pool.submit(self._s._retry, f"upload part {number} of", lambda: c._upload_part(
-                bucket, name, data, None, upload_id, number), self._key)
+            fut = self._pool.submit(
+                self._s._retry, f"upload part {number} of",
+                lambda: c._upload_part(bucket, name, data, None, upload_id, number), self._key)
         except BaseException:
             self._slots.release()
             raise

@@ -141,13 +141,14 @@ def test_celery_config_has_the_delivery_guarantees(monkeypatch):
                                              "unacked_restore_interval": 1.0,
                                              "unacked_restore_throttle": 1}
     assert CeleryConfig.from_env().queue == "q1"
+    assert CeleryConfig.from_env().max_deliveries == 5
 
 
 @contextlib.contextmanager
-def celery_workers(redis_url: str, queue: str, logs: Path, n: int = 2):
+def celery_workers(redis_url: str, queue: str, logs: Path, n: int = 2, **extra_env: str):
     """``n`` real ``celery worker`` processes (each its own process group) on ``queue``."""
     env = {**os.environ, "PRIMER_REDIS_URL": redis_url, "PRIMER_CELERY_QUEUE": queue,
-           "PRIMER_CELERY_VISIBILITY_TIMEOUT": "5", "PYTHONPATH": str(REPO)}
+           "PRIMER_CELERY_VISIBILITY_TIMEOUT": "5", "PYTHONPATH": str(REPO), **extra_env}
     celery = str(Path(sys.executable).parent / "celery")
     logs.mkdir(parents=True, exist_ok=True)
     workers: list[tuple[subprocess.Popen, Path]] = []
@@ -252,3 +253,20 @@ def test_celery_unit_survives_kill_9_of_its_worker(storage_uri, redis_url, tmp_p
     assert [o.key for o in store.list("out/slow")] == ["out/slow.txt"]
     assert store.read_text("out/slow.txt") == "first half,second half"
     assert read_marker(store, "slow")["result"] == 2
+
+
+@pytest.mark.integration
+def test_celery_unit_that_always_kills_its_worker_is_failed_after_max_deliveries(
+        redis_url, tmp_path):
+    """A poison unit is requeued each time its process dies, then failed with a clear error,
+    while the other units of the job complete."""
+    queue = f"primer-poison-{uuid.uuid4().hex[:8]}"
+    uri = str(tmp_path / "s")
+    job = Job("poison", [unit("die", uri, "poison"), *square_units(uri, 2)], state_uri=uri)
+    with celery_workers(redis_url, queue, tmp_path / "logs", n=1,
+                        PRIMER_CELERY_MAX_DELIVERIES="2"):
+        result = CeleryExecutor(redis_url, queue=queue, timeout=60).run(job, progress=False)
+    assert [f.unit_id for f in result.failed] == ["poison"]
+    assert "delivered 3 times (limit 2)" in result.failed[0].error
+    assert len(calls(uri, "poison")) == 2  # ran twice, refused the third time
+    assert sorted(result.done) == ["sq-0", "sq-1"]

@@ -73,15 +73,13 @@ def test_missing_object_is_a_clear_error(storage_uri):
 def test_failed_write_publishes_nothing_and_keeps_the_old_object(storage_uri):
     store = open_storage(storage_uri)
     store.write_bytes("obj", b"old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with store.open_write("obj") as f:
-            f.write(b"new partial data" * 1000)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), store.open_write("obj") as f:
+        f.write(b"new partial data" * 1000)
+        raise RuntimeError("boom")
     assert store.read_bytes("obj") == b"old"
-    with pytest.raises(RuntimeError):
-        with store.open_write("fresh") as f:
-            f.write(b"x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.open_write("fresh") as f:
+        f.write(b"x")
+        raise RuntimeError("boom")
     assert not store.exists("fresh")
     assert [o.key for o in store.list()] == ["obj"]  # no temp debris is listed
 
@@ -92,11 +90,10 @@ def test_failed_multipart_write_is_aborted(storage_uri):
     if isinstance(store, S3Storage):
         store.part_size = 5 << 20
     store.write_bytes("big", b"old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with store.open_write("big") as f:
-            for _ in range(13):
-                f.write(os.urandom(1 << 20))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), store.open_write("big") as f:
+        for _ in range(13):
+            f.write(os.urandom(1 << 20))
+        raise RuntimeError("boom")
     assert store.read_bytes("big") == b"old"
     assert [o.key for o in store.list()] == ["big"]
 
@@ -237,10 +234,9 @@ def tiny_disk(tmp_path):
 def test_full_disk_is_reported_and_loses_nothing(tiny_disk):
     store = LocalStorage(tiny_disk)
     store.write_bytes("kept", b"k" * 1000)
-    with pytest.raises(StorageError, match="no space left"):
-        with store.open_write("big") as f:
-            for _ in range(4):
-                f.write(os.urandom(512 << 10))
+    with pytest.raises(StorageError, match="no space left"), store.open_write("big") as f:
+        for _ in range(4):
+            f.write(os.urandom(512 << 10))
     with pytest.raises(StorageError, match="no space left"):
         store.write_bytes("kept", os.urandom(2 << 20))
     assert [o.key for o in store.list()] == ["kept"]
