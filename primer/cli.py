@@ -1,9 +1,12 @@
 """The ``primer`` command: core commands here, component commands found through entry points.
 
-Components register a ``typer.Typer`` under the ``primer.commands`` entry-point group::
+Components register a ``typer.Typer`` (a command group) or a plain function (one command,
+which also accepts ``--section.key=value`` overrides) under the ``primer.commands``
+entry-point group::
 
     [project.entry-points."primer.commands"]
-    curate = "services.curation.cli:app"     # → primer curate …
+    eval = "services.evaluation.cli:app"     # → primer eval score …
+    train = "model.cli:train"                # → primer train --preset tiny …
 
 so the core never imports them (the import-linter contract forbids it). A component whose
 import fails is reported in one warning line and the rest of the CLI keeps working.
@@ -14,6 +17,7 @@ load it with :func:`command_config`, which applies the global ``--config FILE``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -181,24 +185,28 @@ def build_app(plugins: Iterable[EntryPoint] | None = None) -> typer.Typer:
 
 
 def _mount(app: typer.Typer, ep: EntryPoint, taken: set[str]) -> None:
-    """Mount one plug-in, or warn in one line why it cannot be."""
+    """Mount one plug-in — a ``typer.Typer`` becomes a command group, a plain function a
+    single command — or warn in one line why it cannot be."""
     problem = None
     if ep.name in taken:
         problem = f"the name {ep.name!r} is already taken"
     else:
         try:
             sub = ep.load()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the CLI
             problem = f"{type(e).__name__}: {e}"
         else:
-            if not isinstance(sub, typer.Typer):
-                problem = f"expected a typer.Typer, got {type(sub).__name__}"
+            if not (isinstance(sub, typer.Typer) or inspect.isfunction(sub)):
+                problem = f"expected a typer.Typer or a function, got {type(sub).__name__}"
     if problem:
         err.print(f"[yellow]warning:[/] skipping {ENTRY_POINT_GROUP} entry point "
                   f"{escape(ep.name)} = {escape(ep.value)}: {escape(problem)}")
         return
     taken.add(ep.name)
-    app.add_typer(sub, name=ep.name)
+    if isinstance(sub, typer.Typer):
+        app.add_typer(sub, name=ep.name)
+    else:
+        app.command(ep.name, context_settings=OVERRIDES)(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

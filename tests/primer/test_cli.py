@@ -182,13 +182,14 @@ def test_exit_code_and_redaction():
 # -- plug-ins through the primer.commands entry-point group -------------------------------------
 
 
-def make_plugin(root: Path, dist: str, module: str, name: str, source: str) -> None:
+def make_plugin(root: Path, dist: str, module: str, name: str, source: str,
+                attr: str = "app") -> None:
     """A distribution on disk: ``<dist>-0.1.dist-info`` + the module it points at."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[primer.commands]\n{name} = {module}:app\n")
+    (info / "entry_points.txt").write_text(f"[primer.commands]\n{name} = {module}:{attr}\n")
 
 
 def test_plugin_is_mounted_under_its_entry_point_name(tmp_path):
@@ -212,6 +213,25 @@ def test_plugin_is_mounted_under_its_entry_point_name(tmp_path):
     assert run.returncode == 0 and run.stdout.strip() == "hello primer"
 
 
+def test_plugin_function_is_a_single_command_with_overrides(tmp_path):
+    make_plugin(tmp_path, "primer_single", "primer_single_cli", "single", '''
+        import typer
+        from primer.cli import command_config
+        from primer.config import CoreConfig
+
+        def single(ctx: typer.Context, times: int = 1) -> None:
+            """One command, no group."""
+            config = command_config(ctx, CoreConfig)
+            print(f"{config.storage.root} x{times}")
+    ''', attr="single")
+    env = {"PYTHONPATH": str(tmp_path)}
+    top = primer("--help", env=env)
+    assert top.returncode == 0 and "One command, no group." in top.stdout
+    run = primer("single", "--times", "3", "--storage.root=s3://b/p", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "s3://b/p x3"
+
+
 def test_broken_plugin_warns_and_help_still_works(tmp_path):
     make_plugin(tmp_path, "primer_broken", "primer_broken_cli", "broken", '''
         raise ImportError("No module named 'heavy_dependency'")
@@ -227,7 +247,7 @@ def test_broken_plugin_warns_and_help_still_works(tmp_path):
     broken = next(w for w in warnings if "broken" in w)
     assert "primer_broken_cli:app" in broken
     assert "ImportError: No module named 'heavy_dependency'" in broken
-    assert any("expected a typer.Typer, got str" in w for w in warnings)
+    assert any("expected a typer.Typer or a function, got str" in w for w in warnings)
 
 
 def test_plugin_cannot_shadow_a_core_command(tmp_path):
