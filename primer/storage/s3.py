@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 PART_SIZE = 16 << 20  # 16 MiB: few requests per GiB, small enough to keep 3-4 in memory
 PARALLEL_PARTS = 3  # parts in flight per writer, as minio's own put_object
+READ_CHUNK = 1 << 20  # the most one urllib3 read asks for (what a dropped connection costs)
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                "ExpiredToken", "AllAccessDisabled"}
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
@@ -119,18 +120,22 @@ class S3Storage(Storage):
             try:
                 return fn()
             except S3Error as exc:
-                if exc.code in _TRANSIENT_CODES and attempt < attempts:
+                if exc.code not in _TRANSIENT_CODES:
+                    raise self._map_s3_error(exc, what, where) from None
+                if attempt < attempts:
                     _backoff(attempt)
                     continue
-                raise self._map_s3_error(exc, what, where) from None
+                raise StorageUnavailableError(
+                    f"{what} {where} failed after {attempt} attempts: the S3 server at "
+                    f"{self.client._base_url.host} kept answering {exc.code} ({exc.message})"
+                ) from None
             except (ServerError, InvalidResponseError, *_NETWORK_ERRORS) as exc:
                 if attempt < attempts:
                     _backoff(attempt)
                     continue
                 raise StorageUnavailableError(
-                    f"{what} {where} failed after {attempt} attempts: cannot reach the S3 "
-                    f"endpoint {self.client._base_url.host} ({type(exc).__name__}: {exc}); "
-                    "check PRIMER_S3_ENDPOINT and that the server is running") from None
+                    f"{what} {where} failed after {attempt} attempts: "
+                    f"{_describe_unavailable(exc, self.client._base_url.host)}") from None
         raise AssertionError("unreachable")
 
     def _map_s3_error(self, exc: S3Error, what: str, where: str) -> StorageError:
@@ -150,10 +155,25 @@ class S3Storage(Storage):
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         name = self._name(key)
-        size = self.stat(key).size  # fails clearly for a missing key or bucket
+
+        def get() -> urllib3.BaseHTTPResponse | None:
+            try:
+                return self.client.get_object(self.bucket, name, offset=offset)
+            except S3Error as exc:
+                if exc.code == "InvalidRange":  # offset at or past the end: nothing to read
+                    return None
+                raise
+
+        # One GET, no HEAD first: the response says how big the object is.
+        resp = self._retry("read", get, key)
+        if resp is None:
+            size = self.stat(key).size
+            return _S3Reader(self, key, name, size, max(offset, size))  # type: ignore[return-value]
+        size = _object_size(resp, offset)
+        etag = resp.headers.get("ETag")
         # Unbuffered on purpose: reads return whole (urllib3 buffers), so a BufferedReader
         # would only add a copy. Small reads are the caller's to batch.
-        return _S3Reader(self, key, name, size, offset)  # type: ignore[return-value]
+        return _S3Reader(self, key, name, size, offset, resp, etag)  # type: ignore[return-value]
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -205,6 +225,23 @@ class S3Storage(Storage):
             self._retry("create bucket", lambda: self.client.make_bucket(self.bucket))
 
 
+def _describe_unavailable(exc: BaseException, host: str) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, urllib3.exceptions.ResponseError) or isinstance(exc, ServerError):
+        # The server answered, with 5xx every time (urllib3 retried them already).
+        return f"the S3 server at {host} kept answering with server errors ({reason or exc})"
+    return (f"cannot reach the S3 endpoint {host} ({type(exc).__name__}: {exc}); check "
+            "PRIMER_S3_ENDPOINT and that the server is running")
+
+
+def _object_size(resp: urllib3.BaseHTTPResponse, offset: int) -> int:
+    """The whole object's size from a (possibly ranged) GET response."""
+    content_range = resp.headers.get("Content-Range", "")  # "bytes 10-99/100"
+    if "/" in content_range and not content_range.endswith("/*"):
+        return int(content_range.rsplit("/", 1)[1])
+    return offset + int(resp.headers.get("Content-Length", "0"))
+
+
 def _backoff(attempt: int) -> None:
     time.sleep(min(8.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.5))
 
@@ -212,10 +249,12 @@ def _backoff(attempt: int) -> None:
 class _S3Reader(io.RawIOBase):
     """A raw stream over one object; a dropped connection resumes with a ranged GET."""
 
-    def __init__(self, storage: S3Storage, key: str, name: str, size: int, offset: int):
+    def __init__(self, storage: S3Storage, key: str, name: str, size: int, offset: int,
+                 resp: urllib3.BaseHTTPResponse | None = None, etag: str | None = None):
         self._s, self._key, self._name, self._size = storage, key, name, size
         self._pos = offset
-        self._resp: urllib3.BaseHTTPResponse | None = None
+        self._resp = resp
+        self._etag = etag  # every resumed GET must be of this version (If-Match)
         self._failures = 0
 
     def readable(self) -> bool:
@@ -238,9 +277,21 @@ class _S3Reader(io.RawIOBase):
         return pos
 
     def _open(self) -> urllib3.BaseHTTPResponse:
-        pos = self._pos
-        return self._s._retry("read", lambda: self._s.client.get_object(
-            self._s.bucket, self._name, offset=pos), self._key)
+        pos, s = self._pos, self._s
+        headers = {"If-Match": self._etag} if self._etag else None
+
+        def get() -> urllib3.BaseHTTPResponse:
+            try:
+                return s.client.get_object(s.bucket, self._name, offset=pos,
+                                           request_headers=headers)
+            except S3Error as exc:
+                if exc.code == "PreconditionFailed":  # overwritten since the read began
+                    raise StorageError(
+                        f"{s.url(self._key)} changed while it was being read (at byte {pos} "
+                        "of the old version); read it again") from None
+                raise
+
+        return s._retry("read", get, self._key)
 
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
         """Up to ``n`` bytes (all the rest for -1), short only at the end of the object."""
@@ -267,7 +318,9 @@ class _S3Reader(io.RawIOBase):
             if self._resp is None:
                 self._resp = self._open()
             try:
-                data = self._resp.read(want)
+                # Capped: when a body is cut, urllib3 drops what one read() had buffered, so
+                # large reads would lose (and fetch again) everything since the last return.
+                data = self._resp.read(min(want, READ_CHUNK))
                 n = len(data)
             except _NETWORK_ERRORS as exc:
                 self._drop()
@@ -286,6 +339,7 @@ class _S3Reader(io.RawIOBase):
                                        f"of {self._size}")
                 continue
             self._pos += n
+            self._failures = 0  # a budget per dropped connection, not per object
             return data
 
     def _drop(self) -> None:
@@ -313,7 +367,8 @@ class _S3Writer(io.RawIOBase):
     def __init__(self, storage: S3Storage, key: str, name: str):
         self._s, self._key, self._name = storage, key, name
         self._part = storage.part_size
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[Future[str]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -326,11 +381,17 @@ class _S3Writer(io.RawIOBase):
     def write(self, b) -> int:  # type: ignore[override]
         if self._done:
             raise ValueError(f"write to {self._s.url(self._key)} after it was committed")
-        self._buf += b
-        while len(self._buf) >= self._part:
-            self._send(bytes(memoryview(self._buf)[: self._part]))
-            del self._buf[: self._part]  # cheap: bytearray drops its head without copying
-        return len(b)
+        n = len(b)
+        # Keep the caller's chunks and join them once per part: one copy per byte uploaded.
+        self._chunks.append(bytes(b))
+        self._buffered += n
+        while self._buffered >= self._part:
+            blob = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._send(blob[: self._part] if len(blob) > self._part else blob)
+            rest = blob[self._part:]
+            self._chunks = [rest] if rest else []
+            self._buffered = len(rest)
+        return n
 
     def _send(self, data: bytes) -> None:
         c, bucket, name = self._s.client, self._s.bucket, self._name
@@ -362,13 +423,14 @@ class _S3Writer(io.RawIOBase):
         self._done = True
         c, bucket, name = self._s.client, self._s.bucket, self._name
         try:
+            data = b"".join(self._chunks)
+            self._chunks, self._buffered = [], 0
             if self._upload_id is None:
-                data = bytes(self._buf)
                 self._s._retry("write", lambda: c.put_object(bucket, name, io.BytesIO(data),
                                                               len(data)), self._key)
                 return
-            if self._buf:
-                self._send(bytes(self._buf))
+            if data:
+                self._send(data)
             etags = [fut.result() for fut in self._parts]
             parts = [Part(i + 1, etag) for i, etag in enumerate(etags)]
             upload_id = self._upload_id
@@ -378,7 +440,6 @@ class _S3Writer(io.RawIOBase):
             self._abort_upload()
             raise
         finally:
-            self._buf = bytearray()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
@@ -386,7 +447,7 @@ class _S3Writer(io.RawIOBase):
         if self._done:
             return
         self._done = True
-        self._buf = bytearray()
+        self._chunks, self._buffered = [], 0
         self._abort_upload()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
