@@ -1,8 +1,8 @@
 """Streaming throughput of ``primer.storage`` against the raw ``minio`` client.
 
 Both stream the same object up and down through the same S3 server (SeaweedFS on loopback,
-started here) in the same run, alternating, several rounds; the median (and the best round) of each is
-reported with the ratio primer / raw (target: >= 0.95).
+started here) in the same run, alternating, several rounds; the median (and the best round)
+of each is reported with the ratio primer / raw (target: >= 0.95).
 
     .venv/bin/python bench/storage.py                # 512 MiB, 5 rounds
     .venv/bin/python bench/storage.py --mib 64 --rounds 2 --json out.json
