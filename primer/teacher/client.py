@@ -1,0 +1,298 @@
+"""The teacher client: many chat requests in flight, politely, and never the same one twice.
+
+>>> teacher = Teacher(TeacherConfig(url="http://vllm:8000/v1", model="Qwen/Qwen2.5-7B-Instruct",
+...                                 cache_uri="./primer-data/cache/teacher"))
+>>> done = await teacher.complete_many([ChatRequest(messages, seed=i) for i in range(1000)])
+
+- bounded concurrency (``max_concurrency``), request and token rate limits;
+- retries with exponential backoff and full jitter on 429, 5xx, timeouts, dropped
+  connections and malformed responses, honouring ``Retry-After``; other 4xx (bad key, bad
+  request) fail at once, since repeating them cannot help;
+- a response cache keyed by (model, messages, sampling params, seed): reruns are free and a
+  retried task yields the same record;
+- token usage and, with prices set, cost accounting in :attr:`Teacher.usage`.
+
+The backend is an OpenAI-compatible endpoint through the ``openai`` package, or, when
+``url`` is a local checkpoint folder, a transformers model run in-process (``local.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import openai
+
+from primer.teacher.cache import ResponseCache, request_key
+from primer.teacher.config import TeacherConfig
+from primer.teacher.limits import TokenBucket
+
+log = logging.getLogger("primer.teacher")
+
+
+class TeacherError(Exception):
+    """A request failed for good: a non-retryable answer, or retries exhausted."""
+
+    def __init__(self, message: str, key: str = "", attempts: int = 0):
+        super().__init__(message)
+        self.key, self.attempts = key, attempts
+
+
+class _Malformed(Exception):
+    """The server answered 200 with something that is not a usable chat completion."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request; every field takes part in the cache key."""
+
+    messages: list[dict[str, str]]
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    seed: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                "seed": self.seed, "top_p": self.top_p,
+                "stop": list(self.stop) if self.stop else None}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    key: str
+    """The request hash (``prompt_hash`` in generated records)."""
+    cached: bool = False
+    attempts: int = 1
+
+
+@dataclass
+class Usage:
+    """Running totals; safe to read from another thread (a progress bar)."""
+
+    requests: int = 0
+    cached: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                if name == "cost_usd":
+                    self.cost_usd = (self.cost_usd or 0.0) + value
+                else:
+                    setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_lock")
+        return data
+
+
+Backend = Callable[[ChatRequest, float], Awaitable[tuple[str, str, int, int]]]
+
+
+class Teacher:
+    """Async chat completions against one teacher; see the module docstring."""
+
+    def __init__(self, config: TeacherConfig):
+        self.config = config
+        self.usage = Usage()
+        self.cache = ResponseCache(config.cache_uri) if config.cache_uri else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._local = None
+        if config.is_local_checkpoint():
+            from primer.teacher.local import LocalBackend
+
+            self._local = LocalBackend(config.url)
+
+    @property
+    def name(self) -> str:
+        """How records name their teacher: model @ endpoint."""
+        return f"{self.config.model}@{self.config.url or 'openai'}"
+
+    # -- per event loop state (an httpx client and asyncio primitives belong to one loop) ----
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        self._loop = loop
+        config = self.config
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute \
+            else None
+        self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
+        if self._local is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=config.url or None, api_key=config.api_key(), max_retries=0,
+                timeout=config.timeout_s)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """One completion, from the cache when it holds this exact request."""
+        self._bind_loop()
+        key = request_key(self.config.model, request.messages, request.params())
+        if self.cache is not None:
+            hit = await asyncio.to_thread(self.cache.get, key)
+            if hit is not None:
+                self.usage.add(cached=1)
+                return Completion(**{**hit, "cached": True, "key": key})
+        async with self._slots:
+            completion = await self._with_retries(request, key)
+        if self.cache is not None:
+            entry = asdict(completion)
+            entry.pop("cached"), entry.pop("key")
+            await asyncio.to_thread(self.cache.put, key, entry)
+        return completion
+
+    async def complete_many(self, requests: Sequence[ChatRequest],
+                            on_done: Callable[[Completion | TeacherError], None] | None = None,
+                            ) -> list[Completion | TeacherError]:
+        """All ``requests`` concurrently (bounded); failures come back as TeacherError values,
+        in the same order as the requests."""
+
+        async def one(request: ChatRequest) -> Completion | TeacherError:
+            try:
+                result: Completion | TeacherError = await self.complete(request)
+            except TeacherError as exc:
+                result = exc
+            if on_done is not None:
+                on_done(result)
+            return result
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def complete_sync(self, request: ChatRequest) -> Completion:
+        return asyncio.run(self.complete(request))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        c = self.config
+        if c.price_input_per_1k is None and c.price_output_per_1k is None:
+            return None
+        return (prompt_tokens * (c.price_input_per_1k or 0.0)
+                + completion_tokens * (c.price_output_per_1k or 0.0)) / 1000.0
+
+    def estimate_cost(self, n_requests: int, prompt_tokens: int, max_tokens: int) -> float | None:
+        """Upper bound before a run: every request uses its whole completion budget."""
+        per = self.cost(prompt_tokens, max_tokens)
+        return None if per is None else per * n_requests
+
+    # -- the retry loop -------------------------------------------------------------------------
+
+    async def _with_retries(self, request: ChatRequest, key: str) -> Completion:
+        config = self.config
+        last = ""
+        for attempt in range(1, config.max_retries + 2):
+            if self._rpm is not None:
+                await self._rpm.acquire(1)
+            if self._tpm is not None:
+                chars = sum(len(m.get("content", "")) for m in request.messages)
+                await self._tpm.acquire(chars / 4 + request.max_tokens)
+            try:
+                text, finish, p_tok, c_tok = await self._call(request)
+            except TeacherError:
+                self.usage.add(failures=1)
+                raise
+            except Exception as exc:  # classified below: retry, or fail at once
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    self.usage.add(failures=1)
+                    raise TeacherError(f"teacher {self.name} refused the request: "
+                                       f"{_describe(exc)}", key, attempt) from None
+                last = _describe(exc)
+                if attempt > config.max_retries:
+                    break
+                self.usage.add(retries=1)
+                log.debug("teacher retry %d in %.2fs: %s", attempt, delay, last)
+                await asyncio.sleep(delay)
+                continue
+            cost = self.cost(p_tok, c_tok)
+            self.usage.add(requests=1, prompt_tokens=p_tok, completion_tokens=c_tok,
+                           **({"cost_usd": cost} if cost is not None else {}))
+            return Completion(text, finish, p_tok, c_tok, config.model, key, False, attempt)
+        self.usage.add(failures=1)
+        raise TeacherError(f"teacher {self.name}: gave up after {config.max_retries + 1} "
+                           f"attempts; last error: {last}", key, config.max_retries + 1)
+
+    async def _call(self, request: ChatRequest) -> tuple[str, str, int, int]:
+        if self._local is not None:
+            return await self._local.generate(request)
+        kwargs: dict[str, Any] = {"model": self.config.model, "messages": request.messages,
+                                  "temperature": request.temperature,
+                                  "max_tokens": request.max_tokens}
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        resp = await self._client.chat.completions.create(**kwargs)
+        try:
+            choice = resp.choices[0]
+            text = choice.message.content
+        except (AttributeError, IndexError, TypeError):
+            raise _Malformed(f"no choices in the response: {str(resp)[:200]}") from None
+        if text is None:
+            raise _Malformed("the response has no message content")
+        usage = getattr(resp, "usage", None)
+        p_tok = getattr(usage, "prompt_tokens", None) or 0
+        c_tok = getattr(usage, "completion_tokens", None) or len(text) // 4
+        return text, choice.finish_reason or "stop", p_tok, c_tok
+
+    def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before retrying ``exc``, or None when retrying cannot help."""
+        config = self.config
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if not (status in (408, 409, 429) or status >= 500):
+                return None  # 400 bad request, 401 bad key, 404 unknown model, ...
+            after = _retry_after(exc.response.headers if exc.response is not None else {})
+            if after is not None:
+                return min(after, config.backoff_max_s)
+        elif not isinstance(exc, openai.APIConnectionError | openai.APIResponseValidationError
+                            | _Malformed | ValueError):  # ValueError: a body that is not JSON
+            return None
+        # Full jitter: spread retries of many clients over the whole window.
+        return random.uniform(0, min(config.backoff_max_s, config.backoff_base_s * 2 ** attempt))
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(ms) / 1000.0)
+        value = headers.get("retry-after")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {str(exc)[:300]}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

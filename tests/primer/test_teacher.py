@@ -1,0 +1,155 @@
+"""The teacher client against a real OpenAI-compatible HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from primer.teacher import ChatRequest, Teacher, TeacherConfig, TeacherError
+from primer.teacher.cache import request_key
+from tests.openai_server import OpenAIServer, echo_responder
+
+
+def ask(text: str, **kw) -> ChatRequest:
+    return ChatRequest([{"role": "system", "content": "You write textbooks."},
+                        {"role": "user", "content": text}], **kw)
+
+
+def expected(teacher: Teacher, request: ChatRequest) -> str:
+    """What the test server answers: a function of the exact request body."""
+    body = {"model": teacher.config.model, "messages": request.messages,
+            "temperature": request.temperature, "max_tokens": request.max_tokens}
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return echo_responder(body)
+
+
+def make(server: OpenAIServer, **kw) -> Teacher:
+    return Teacher(TeacherConfig(url=server.base_url, model="teacher-x", **kw))
+
+
+def test_answers_usage_and_cost():
+    with OpenAIServer() as server:
+        teacher = make(server, price_input_per_1k=2.0, price_output_per_1k=4.0)
+        request = ask("Explain recursion to a beginner", seed=7)
+        done = teacher.complete_sync(request)
+    assert done.text == expected(teacher, request) and done.finish_reason == "stop"
+    assert done.key == request_key("teacher-x", request.messages, request.params())
+    assert (done.prompt_tokens, done.completion_tokens) == (8, len(done.text.split()))
+    u = teacher.usage
+    assert (u.requests, u.retries, u.failures, u.cached) == (1, 0, 0, 0)
+    assert u.cost_usd == pytest.approx((8 * 2.0 + done.completion_tokens * 4.0) / 1000)
+    assert teacher.estimate_cost(100, 50, 500) == pytest.approx(100 * (50 * 2 + 500 * 4) / 1000)
+
+
+def test_cache_makes_reruns_free_and_keys_on_every_parameter(storage_uri):
+    with OpenAIServer() as server:
+        first = make(server, cache_uri=f"{storage_uri}/cache")
+        a = first.complete_sync(ask("topic A", seed=1))
+        assert server.requests == 1
+        # a new client (another worker, a rerun) with the same cache pays nothing
+        again = make(server, cache_uri=f"{storage_uri}/cache").complete_sync(ask("topic A",
+                                                                                   seed=1))
+        assert server.requests == 1 and again.cached and again.text == a.text
+        assert again.key == a.key
+        for variant in (ask("topic A", seed=2), ask("topic A", seed=1, temperature=0.7),
+                        ask("topic A", seed=1, max_tokens=10), ask("topic B", seed=1)):
+            assert not first.complete_sync(variant).cached
+        assert server.requests == 5
+
+
+def test_thirty_percent_faults_every_request_still_answered_once():
+    """429s with Retry-After, 500s, timeouts, cut bodies and malformed JSON: all retried."""
+    with OpenAIServer(fail_rate=0.3, seed=3, slow_s=3.0) as server:
+        teacher = make(server, max_retries=10, timeout_s=0.5, backoff_base_s=0.01,
+                       backoff_max_s=0.1)
+        requests = [ask(f"item {i}", seed=i) for i in range(80)]
+        results = asyncio.run(teacher.complete_many(requests))
+    assert all(not isinstance(r, TeacherError) for r in results), results
+    assert [r.text for r in results] == [expected(teacher, q) for q in requests]
+    assert set(server.injected) == {"429", "500", "slow", "cut", "malformed"}
+    assert teacher.usage.retries == sum(server.injected.values())
+    assert teacher.usage.requests == 80 and server.answered >= 80
+
+
+def test_retry_after_is_honoured_instead_of_backoff():
+    with OpenAIServer(fail_first=2, faults=("429",), retry_after_s=0.2) as server:
+        # Backoff alone would wait up to 30 s and more; Retry-After says 0.2 s.
+        teacher = make(server, backoff_base_s=30, backoff_max_s=60)
+        t0 = time.monotonic()
+        done = teacher.complete_sync(ask("x"))
+        elapsed = time.monotonic() - t0
+    assert done.attempts == 3 and server.requests == 3
+    assert 0.4 <= elapsed < 5
+
+
+def test_bad_key_fails_at_once_with_the_status(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+    with OpenAIServer(api_key="right") as server:
+        teacher = make(server)
+        with pytest.raises(TeacherError, match="HTTP 401") as err:
+            teacher.complete_sync(ask("x"))
+    assert err.value.attempts == 1 and teacher.usage.failures == 1
+
+
+def test_gives_up_after_max_retries_with_the_last_error():
+    with OpenAIServer(fail_rate=1.0, faults=("500",)) as server:
+        teacher = make(server, max_retries=2, backoff_base_s=0.01)
+        results = asyncio.run(teacher.complete_many([ask("a"), ask("b")]))
+    assert all(isinstance(r, TeacherError) for r in results)
+    assert "gave up after 3 attempts" in str(results[0]) and "HTTP 500" in str(results[0])
+    assert server.requests == 6 and teacher.usage.failures == 2
+
+
+def test_unreachable_teacher_is_a_clear_error():
+    teacher = Teacher(TeacherConfig(url="http://127.0.0.1:9/v1", model="m", max_retries=1,
+                                    backoff_base_s=0.01))
+    with pytest.raises(TeacherError, match="APIConnectionError"):
+        teacher.complete_sync(ask("x"))
+    assert teacher.usage.retries == 1 and teacher.usage.failures == 1
+
+
+def test_concurrency_is_bounded():
+    with OpenAIServer(latency_s=0.1) as server:
+        teacher = make(server, max_concurrency=4)
+        asyncio.run(teacher.complete_many([ask(f"q{i}") for i in range(20)]))
+    assert server.max_inflight == 4
+
+
+def test_request_rate_limit_holds():
+    with OpenAIServer() as server:
+        teacher = make(server, requests_per_minute=120)  # 2 per second
+        t0 = time.monotonic()
+        asyncio.run(teacher.complete_many([ask(f"q{i}") for i in range(7)]))
+        elapsed = time.monotonic() - t0
+    assert server.requests == 7
+    assert elapsed >= 2.4  # 2 at once, then one per 0.5 s
+
+
+def test_local_checkpoint_backend(tmp_path):
+    """A transformers checkpoint folder as the teacher: same API, deterministic per seed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|eos|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel
+                                                .alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
+    model = PhiForCausalLM(PhiConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     max_position_embeddings=256))
+    model.save_pretrained(tmp_path / "ckpt")
+    fast.save_pretrained(tmp_path / "ckpt")
+
+    teacher = Teacher(TeacherConfig(url=str(tmp_path / "ckpt"), model="local-tiny"))
+    request = ask("write add", temperature=0.8, max_tokens=12, seed=5)
+    a, b = teacher.complete_sync(request), teacher.complete_sync(request)
+    assert a.text == b.text and a.completion_tokens <= 12 and a.prompt_tokens > 0
+    other = teacher.complete_sync(ask("write add", temperature=0.8, max_tokens=12, seed=6))
+    assert other.key != a.key
+    assert teacher.usage.requests == 3
