@@ -1,0 +1,100 @@
+"""``primer pack | train | finetune | export``: the model component's commands.
+
+Registered through the ``primer.commands`` entry-point group; each is a plain function, and
+any extra ``--section.key=value`` argument overrides the preset's config.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+OVERRIDE_HELP = "Further --section.key=value arguments override the preset."
+
+
+def _config(ctx: typer.Context, preset: str, finetuning: bool, flags: dict):
+    from model.presets import make_config
+    from primer.cli import CliState
+
+    state = ctx.find_root().obj or CliState()
+    for arg in ctx.args:
+        if arg.startswith("-") and "=" not in arg:
+            raise typer.BadParameter(f"unknown option {arg!r}: overrides look like "
+                                     "--section.key=value")
+    overrides = list(ctx.args) + [f"--{k}={v}" for k, v in flags.items() if v is not None]
+    return make_config(preset, overrides, finetuning=finetuning,
+                       config_file=str(state.config_path) if state.config_path else None)
+
+
+def _run(cfg) -> None:
+    from model.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
+def train(
+    ctx: typer.Context,
+    preset: Annotated[str, typer.Option(help="phi1, phi1_small or tiny.")] = "tiny",
+    data: Annotated[str | None, typer.Option(help="Packed or text dataset URI (text is "
+                                             "packed into OUTPUT/data first).")] = None,
+    output: Annotated[str | None, typer.Option(help="Run URI (path or s3://).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
+    resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint URI.")] = None,
+) -> None:
+    """Pretrain a phi model in this process (several: torchrun -m model.train …)."""
+    _run(_config(ctx, preset, False, {"data.path": data, "output": output,
+                                      "train.steps": steps, "checkpoint.resume": resume}))
+
+
+def finetune(
+    ctx: typer.Context,
+    init: Annotated[str, typer.Option(help="Checkpoint (or run) URI to start from.")],
+    preset: Annotated[str, typer.Option(help="The preset the checkpoint was trained with.")]
+    = "tiny",
+    data: Annotated[str | None, typer.Option(help="Exercises (prompt/completion columns) or "
+                                             "a finetune pack.")] = None,
+    output: Annotated[str | None, typer.Option(help="Run URI.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
+    resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint URI.")] = None,
+) -> None:
+    """Finetune on exercises (lr 1e-4, warmup 50, wd 0.01; loss on solution tokens)."""
+    _run(_config(ctx, preset, True, {"data.path": data, "output": output, "train.steps": steps,
+                                     "checkpoint.resume": resume, "train.init_from": init}))
+
+
+def pack(
+    sources: Annotated[list[str], typer.Argument(help="Text datasets, each URI or URI@WEIGHT.")],
+    output: Annotated[str, typer.Option(help="Where the packed dataset goes.")],
+    tokenizer: Annotated[str, typer.Option(help="HF name/path, or 'train' (offline BPE).")]
+    = "Salesforce/codegen-350M-mono",
+    seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed of the mix and its order.")] = 1234,
+    workers: Annotated[int, typer.Option(help="Tokenizer processes.")] = 2,
+    finetune: Annotated[bool, typer.Option(help="prompt/completion records; loss mask.")]
+    = False,
+    text_column: Annotated[str, typer.Option(help="Column with the documents.")] = "text",
+    vocab: Annotated[int, typer.Option(help="Vocabulary of a trained BPE.")] = 4096,
+) -> None:
+    """Tokenize datasets in parallel, mix them by weight and pack fixed-length windows."""
+    from model.packing import Source
+    from model.packing import pack as run_pack
+
+    meta = run_pack([Source.parse(s) for s in sources], output, tokenizer=tokenizer,
+                    seq_len=seq_len, seed=seed, workers=workers, finetune=finetune,
+                    text_column=text_column, tokenizer_vocab=vocab)
+    typer.echo(f"packed {meta['windows']} windows of {meta['seq_len']} tokens into {output}")
+
+
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint URI (step folder or run).")],
+    out_dir: Annotated[str, typer.Argument(help="Local folder for the HF model.")],
+) -> None:
+    """Export a checkpoint as a save_pretrained folder (AutoModelForCausalLM-loadable)."""
+    from model.export import export as run_export
+
+    typer.echo(f"exported to {run_export(checkpoint, out_dir)}")

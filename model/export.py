@@ -1,0 +1,34 @@
+"""Export a checkpoint as a Hugging Face folder: ``save_pretrained`` weights + tokenizer.
+
+The result loads with ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` and
+``AutoTokenizer.from_pretrained(out_dir)``, so evaluation and any HF tool can use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import load_model_state, load_object, open_committed
+from model.config import TrainConfig
+from model.presets import build_model
+from model.tokenizer import load_tokenizer
+
+
+def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Write the committed checkpoint at ``checkpoint_uri`` (a step folder, or a run URI for
+    its newest) to ``out_dir``; returns ``out_dir``."""
+    ckpt = open_committed(checkpoint_uri)
+    trainer = load_object(ckpt, "trainer.pt")
+    cfg = TrainConfig.model_validate(trainer["config"])
+    model = build_model(cfg.model, trainer["vocab_size"], attn_implementation="sdpa")
+    model.load_state_dict(load_model_state(ckpt))
+    tok = load_tokenizer(trainer["tokenizer"])
+    for c in (model.config, model.generation_config):
+        c.eos_token_id = c.bos_token_id = c.pad_token_id = tok.eos_token_id
+    model.to(getattr(torch, dtype))
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
