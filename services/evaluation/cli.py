@@ -1,0 +1,85 @@
+"""``primer eval``: score samples, or generate then score.
+
+    primer eval score --benchmark humaneval --samples samples.jsonl --output out/
+    primer eval run --model runs/x/export --benchmark humaneval,mbpp --output out/
+    primer eval run --model my-model --benchmark mbpp --output out/ \\
+        --generation.api_base=http://vllm:8000/v1 --generation.n_samples=20 \\
+        --generation.temperature=0.8
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from primer.benchmarks import BenchmarkError, load_benchmark, parse_benchmarks
+from primer.cli import OVERRIDES, command_config
+from services.evaluation.config import EvalConfig
+from services.evaluation.samples import SamplesError, read_samples, write_jsonl
+from services.evaluation.scoring import score
+
+app = typer.Typer(help="Evaluate on HumanEval and MBPP (pass@k, sandboxed).",
+                  no_args_is_help=True)
+
+Benchmarks = Annotated[str, typer.Option("--benchmark", "-b",
+                                         help="humaneval, mbpp or both: humaneval,mbpp.")]
+Output = Annotated[str, typer.Option("--output", "-o", help="Output folder (any storage URI).")]
+
+
+def _headline(summary: dict) -> str:
+    ks = {k: v for k, v in summary.items() if k.startswith("pass@")}
+    return (f"{summary['benchmark']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ks.items())
+            + f"  ({summary['n_passed']}/{summary['n_samples']} samples passed, "
+              f"{summary['n_problems']} problems)")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("score", context_settings=OVERRIDES)
+def score_command(ctx: typer.Context, benchmark: Benchmarks,
+                  samples: Annotated[str, typer.Option(help="Samples JSONL (task_id, "
+                                                            "completion).")],
+                  output: Output) -> None:
+    """Run samples against the benchmark's tests in the sandbox; write results and pass@k."""
+    config = command_config(ctx, EvalConfig)
+    try:
+        names = parse_benchmarks(benchmark)
+        if len(names) != 1:
+            raise BenchmarkError("score takes one benchmark per samples file")
+        bench = load_benchmark(names[0], config.benchmarks)
+        summary = score(bench, read_samples(samples), output, config.sandbox, config.workers,
+                        tuple(config.ks), source=samples)
+    except (BenchmarkError, SamplesError) as e:
+        _fail(e)
+    typer.echo(_headline(summary))
+
+
+@app.command("run", context_settings=OVERRIDES)
+def run_command(ctx: typer.Context,
+                model: Annotated[str, typer.Option(help="Checkpoint folder, or the served "
+                                                        "model name with an api_base.")],
+                benchmark: Benchmarks, output: Output) -> None:
+    """Generate completions with a model, then score them: <output>/<benchmark>/…"""
+    from services.evaluation.backends import generate_samples, make_backend
+
+    config = command_config(ctx, EvalConfig)
+    try:
+        names = parse_benchmarks(benchmark)
+        benches = [load_benchmark(n, config.benchmarks) for n in names]
+        backend = make_backend(model, config.generation)
+    except (BenchmarkError, FileNotFoundError) as e:
+        _fail(e)
+    report = {}
+    for bench in benches:
+        out = f"{output.rstrip('/')}/{bench.name}"
+        samples = generate_samples(backend, bench, config.generation.n_samples)
+        write_jsonl(f"{out}/samples.jsonl", samples)
+        summary = score(bench, samples, out, config.sandbox, config.workers, tuple(config.ks))
+        report[bench.name] = {k: v for k, v in summary.items() if k != "per_task"}
+        typer.echo(_headline(summary))
+    typer.echo(json.dumps(report, indent=2))

@@ -1,0 +1,74 @@
+"""Run samples against a benchmark's tests in the sandbox; per-sample results and pass@k."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from primer.benchmarks import Benchmark
+from primer.sandbox import SandboxConfig, run_many
+from primer.storage import open_storage
+from services.evaluation.samples import SamplesError, write_jsonl
+
+log = logging.getLogger("primer.eval")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def score(benchmark: Benchmark, samples: list[dict[str, Any]], output: str,
+          sandbox: SandboxConfig | None = None, workers: int = 0,
+          ks: tuple[int, ...] = (1, 10, 100), source: str = "samples") -> dict[str, Any]:
+    """Score ``samples``; write ``results.jsonl`` and ``summary.json`` under ``output``.
+
+    Problems with no sample count as unsolved (n is taken from the attempted ones); a sample
+    for an unknown task_id is an error naming its line, found before anything runs.
+    """
+    problems = []
+    for s in samples:
+        try:
+            problems.append(benchmark.get(s["task_id"]))
+        except ValueError as e:
+            raise SamplesError(f"{source}:{s.get('_line', '?')}: {e}") from None
+    programs = [p.program(s["completion"]) for p, s in zip(problems, samples, strict=True)]
+    log.info("scoring %d samples on %s", len(programs), benchmark.name)
+    results = run_many(programs, sandbox, workers)
+
+    rows, per_task = [], defaultdict(lambda: [0, 0])
+    for p, s, r in zip(problems, samples, results, strict=True):
+        rows.append({"task_id": p.task_id, "completion": s["completion"], "passed": r.passed,
+                     "result": r.summary, "status": r.status, "duration_s": r.duration_s,
+                     "exit_code": r.exit_code, "isolation": list(r.layers)})
+        per_task[p.task_id][0] += 1
+        per_task[p.task_id][1] += int(r.passed)
+    summary = summarize(benchmark, per_task, ks)
+    write_jsonl(f"{output.rstrip('/')}/results.jsonl", rows)
+    open_storage(output).write_text("summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summarize(benchmark: Benchmark, per_task: dict[str, list[int]],
+              ks: tuple[int, ...]) -> dict[str, Any]:
+    """pass@k over every problem of the benchmark, for each k no larger than the smallest n."""
+    counts = [per_task.get(tid, [0, 0]) for tid in benchmark.problems]
+    attempted = [n for n, _ in counts if n]
+    n_min = min(attempted) if attempted else 0
+    summary: dict[str, Any] = {
+        "benchmark": benchmark.name, "n_problems": len(benchmark),
+        "n_attempted": len(attempted), "n_samples": sum(n for n, _ in counts),
+        "n_passed": sum(c for _, c in counts)}
+    for k in sorted(set(ks)):
+        if n_min and k <= n_min:
+            scores = [pass_at_k(n, c, k) if n else 0.0 for n, c in counts]
+            summary[f"pass@{k}"] = float(np.mean(scores))
+    summary["per_task"] = {tid: {"n": n, "passed": c}
+                           for tid, (n, c) in zip(benchmark.problems, counts, strict=True)}
+    return summary

@@ -1,0 +1,112 @@
+"""Planted benchmark solutions (renamed) are flagged and pruned; unrelated code is kept."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+
+from typer.testing import CliRunner
+
+from primer.benchmarks import load_benchmark
+from primer.cli import build_app
+from primer.datasets import Producer, open_dataset, write_dataset
+from services.curation.decontaminate import (
+    ContaminationIndex,
+    DecontaminationConfig,
+    ast_similarity,
+    ast_tokens,
+    edit_distance_within,
+)
+
+APP = build_app(plugins=[EntryPoint("decontaminate",
+                                    "services.curation.decontaminate:decontaminate_command",
+                                    "primer.commands")])
+
+UNRELATED = [
+    "def parse_config(path):\n    with open(path) as f:\n        data = json.load(f)\n"
+    "    for key, value in data.items():\n        if key.startswith('_'):\n            continue\n"
+    "        print(key, value)\n    return data\n",
+    "# Chapter 3: loops\nA for loop repeats a block for each item of a sequence. Here we sum "
+    "squares:\n```python\ndef sum_squares(n):\n    total = 0\n    for i in range(n):\n"
+    "        total += i * i\n    return total\n```\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n    def push(self, x):\n"
+    "        self.items.append(x)\n    def pop(self):\n        return self.items.pop()\n",
+]
+
+
+def renamed(code: str, names: dict[str, str]) -> str:
+    for old, new in names.items():
+        code = code.replace(old, new)
+    return code
+
+
+def planted() -> list[str]:
+    he = load_benchmark("humaneval").get("HumanEval/0")
+    mbpp11 = load_benchmark("mbpp").get(11)
+    mbpp22 = load_benchmark("mbpp").get(22)
+    return [
+        # the reference, identifiers renamed, docstring replaced: only the AST test sees it
+        "from typing import List\n\ndef near(xs: List[float], eps: float) -> bool:\n"
+        "    '''Any two closer than eps?'''\n"
+        + renamed(he.reference, {"numbers": "xs", "threshold": "eps", "idx": "i",
+                                 "elem": "v", "distance": "gap"}),
+        # inside a textbook, renamed, in a fenced block
+        "The first repeated item, with a set:\n```python\n"
+        + renamed(mbpp22.reference, {"find_first_duplicate": "first_repeat", "nums": "xs",
+                                     "num_set": "seen", "no_duplicate": "missing"})
+        + "\n```\n",
+        f"Exercise. {mbpp11.description} Use slicing.",  # the statement: the 13-gram test
+    ]
+
+
+def test_ast_tokens_ignore_names_and_docstrings_but_not_structure():
+    a = ast_tokens(__import__("ast").parse("def f(x):\n    '''doc'''\n    return x + 1\n"))
+    b = ast_tokens(__import__("ast").parse("def g(y):\n    return y + 1\n"))
+    c = ast_tokens(__import__("ast").parse("def g(y):\n    return y - 1\n"))
+    assert a == b and a != c
+    assert edit_distance_within("kitten", "sitting", 3) == 3
+    assert edit_distance_within("kitten", "sitting", 2) is None
+    assert ast_similarity(list(range(100)), [*range(99), -1], 0.95) == 0.99
+    assert ast_similarity(list(range(100)), list(range(90)), 0.95) is None
+
+
+def test_index_flags_planted_solutions_and_not_unrelated_code():
+    problems = [*load_benchmark("humaneval").problems.values(),
+                *load_benchmark("mbpp").problems.values()]
+    index = ContaminationIndex(problems, DecontaminationConfig(methods=["ngram", "ast"]))
+    found = index.match(planted() + UNRELATED)
+    assert [m.method for m in found[0]] == ["ast"] and found[0][0].task_id == "HumanEval/0"
+    assert found[0][0].score >= 0.95
+    assert {(m.method, m.task_id) for m in found[1]} == {("ast", "MBPP/22")}
+    assert ("ngram", "MBPP/11") in {(m.method, m.task_id) for m in found[2]}
+    assert found[3:] == [[], [], []]
+
+
+def test_embedding_test_with_minilm():
+    he = load_benchmark("humaneval")
+    problems = [he.get(f"HumanEval/{i}") for i in range(8)]
+    index = ContaminationIndex(problems, DecontaminationConfig(methods=["embedding"]))
+    found = index.match([problems[3].solution_text, *UNRELATED])
+    assert [(m.method, m.task_id) for m in found[0]] == [("embedding", "HumanEval/3")]
+    assert found[0][0].score > 0.99 and found[1:] == [[], [], []]
+
+
+def test_cli_filter_mode_writes_the_pruned_dataset_with_reason_counts(tmp_path):
+    rows = [{"id": f"p{i}", "text": t} for i, t in enumerate(planted())]
+    rows += [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]
+    write_dataset(str(tmp_path / "in"), rows, Producer("test"))
+    result = CliRunner().invoke(APP, [
+        "decontaminate", "--input", str(tmp_path / "in"), "--against", "humaneval,mbpp",
+        "--tau", "0.9", "--output", str(tmp_path / "out"),
+        "--decontaminate.methods=[ngram,ast]"])
+    assert result.exit_code == 0, result.output
+    out = open_dataset(str(tmp_path / "out"))
+    assert [r["id"] for r in out] == ["u0", "u1", "u2"]
+    manifest = out.manifest
+    assert manifest.drop_counts == {"contaminated_ast": 2, "contaminated_ngram": 1}
+    assert manifest.metadata["tau"] == 0.9
+    report = [json.loads(x) for x in
+              (tmp_path / "out/_decontamination.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in report] == ["p0", "p1", "p2"]
+    assert all(m["score"] > 0 for r in report for m in r["matches"])
+    assert "3 of 6 rows match" in result.output

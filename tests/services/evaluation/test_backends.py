@@ -1,0 +1,105 @@
+"""Completion backends: a tiny random phi model in-process, and an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+
+import pytest
+from typer.testing import CliRunner
+
+from primer.benchmarks import Benchmark, load_benchmark
+from primer.cli import build_app
+from services.evaluation.backends import (
+    OpenAIBackend,
+    TransformersBackend,
+    generate_samples,
+    truncate_at_stop,
+)
+from services.evaluation.config import GenerationConfig
+from tests.services.evaluation.openai_server import OpenAIServer
+
+APP = build_app(plugins=[EntryPoint("eval", "services.evaluation.cli:app", "primer.commands")])
+
+
+def test_truncate_at_the_earliest_stop():
+    assert truncate_at_stop("    return x\n#c\ndef g", ["\ndef ", "\n#"]) == "    return x"
+    assert truncate_at_stop("abc", ["\n"]) == "abc"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer random PhiForCausalLM and a byte-level BPE tokenizer trained offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import decoders as dec
+    from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-phi")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = dec.ByteLevel()
+    corpus = ["def add(a, b):\n    return a + b\n", "class A:\n    pass\n# comment\n"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    config = PhiConfig(vocab_size=fast.vocab_size, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                       eos_token_id=fast.eos_token_id, pad_token_id=fast.eos_token_id)
+    PhiForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def test_transformers_backend_greedy_sampled_and_stops(tiny_model):
+    he = load_benchmark("humaneval")
+    prompts = [p.prompt for p in list(he.problems.values())[:3]]
+    greedy = TransformersBackend(tiny_model, GenerationConfig(max_new_tokens=12, batch_size=2))
+    a = greedy.complete(prompts, ["\n#"], n=1)
+    assert [len(x) for x in a] == [1, 1, 1] and a == greedy.complete(prompts, ["\n#"], n=1)
+    sampled = TransformersBackend(tiny_model, GenerationConfig(
+        max_new_tokens=12, batch_size=2, temperature=1.0, top_p=1.0))
+    b = sampled.complete(prompts, ["\n#"], n=4)
+    assert [len(x) for x in b] == [4, 4, 4] and len({*b[0], *b[1], *b[2]}) > 1
+    # a stop that the random model emits all the time: everything after it is cut
+    cut = greedy.complete(prompts, ["a", "e", "i", "o", "u", " "], n=1)
+    assert all(not any(c in s for c in "aeiou ") for x in cut for s in x)
+
+
+def test_eval_run_generates_then_scores(tiny_model, tmp_path):
+    result = CliRunner().invoke(APP, [
+        "eval", "run", "--model", tiny_model, "--benchmark", "humaneval", "--output",
+        str(tmp_path / "out"), "--generation.max_new_tokens=4", "--generation.batch_size=32",
+        "--workers=2"])
+    assert result.exit_code == 0, result.output
+    samples = (tmp_path / "out/humaneval/samples.jsonl").read_text().splitlines()
+    assert len(samples) == 164 and set(json.loads(samples[0])) == {"task_id", "completion"}
+    summary = json.loads((tmp_path / "out/humaneval/summary.json").read_text())
+    assert summary["n_samples"] == 164 and summary["pass@1"] == 0.0  # random weights
+
+
+def test_openai_backend_retries_429_and_500_and_returns_n_samples():
+    he = load_benchmark("humaneval")
+    bench = Benchmark("humaneval", dict(list(he.problems.items())[:5]))
+    with OpenAIServer() as server:
+        server.fail = [500, 429]
+        backend = OpenAIBackend("tiny", GenerationConfig(
+            api_base=server.url, concurrency=2, retries=3, temperature=0.8, n_samples=3))
+        samples = generate_samples(backend, bench, n=3)
+    assert len(samples) == 15 and all(s["completion"] == "    return 1" for s in samples)
+    assert len(server.requests) == 7  # 5 prompts + 2 retried failures
+    assert {r["path"] for r in server.requests} == {"/v1/completions"}
+    assert all(r["n"] == 3 and r["temperature"] == 0.8 and r["stop"] for r in server.requests)
+
+
+def test_openai_backend_gives_up_after_its_retries():
+    from openai import InternalServerError
+
+    with OpenAIServer() as server:
+        server.fail = [500] * 5
+        backend = OpenAIBackend("tiny", GenerationConfig(api_base=server.url, retries=1))
+        with pytest.raises(InternalServerError):
+            backend.complete(["x"], ["\n"], 1)
+    assert len(server.requests) == 2
