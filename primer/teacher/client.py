@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import openai
@@ -101,9 +102,8 @@ class Usage:
                     setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_lock")
-        return data
+        with self._lock:  # (asdict would deep-copy the lock, which cannot be copied)
+            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
 
 
 Backend = Callable[[ChatRequest, float], Awaitable[tuple[str, str, int, int]]]
@@ -141,9 +141,15 @@ class Teacher:
             else None
         self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
         if self._local is None:
+            # One keep-alive connection per request in flight: the SDK's default pool keeps
+            # 100 idle ones, so higher concurrency would reconnect all the time.
+            limits = _http_module().Limits(max_connections=config.max_concurrency,
+                                           max_keepalive_connections=config.max_concurrency)
             self._client = openai.AsyncOpenAI(
                 base_url=config.url or None, api_key=config.api_key(), max_retries=0,
-                timeout=config.timeout_s)
+                timeout=config.timeout_s,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits,
+                                                           timeout=config.timeout_s))
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -182,7 +188,21 @@ class Teacher:
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
     def complete_sync(self, request: ChatRequest) -> Completion:
-        return asyncio.run(self.complete(request))
+        async def once() -> Completion:
+            try:
+                return await self.complete(request)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections; call it on the loop that used them, before that loop
+        ends (``asyncio.run`` closes the loop, and connections closed later fail noisily)."""
+        client = getattr(self, "_client", None)
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()
+            self._loop = None  # the next call on any loop starts afresh
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         c = self.config
@@ -273,6 +293,13 @@ class Teacher:
             return None
         # Full jitter: spread retries of many clients over the whole window.
         return random.uniform(0, min(config.backoff_max_s, config.backoff_base_s * 2 ** attempt))
+
+
+def _http_module():
+    """The HTTP library the installed openai SDK is built on (httpx, or httpx2 in newer
+    releases): its ``Limits`` must be the one its client class accepts."""
+    base = openai.DefaultAsyncHttpxClient.__mro__[1]
+    return importlib.import_module(base.__module__.split(".")[0])
 
 
 def _retry_after(headers: Any) -> float | None:
