@@ -1,0 +1,68 @@
+"""The curation report, built from the units' counters (never from logs).
+
+Written to ``<output>/_report/``: ``report.json`` (everything), ``report.md`` (a table per
+reason, classifier metrics, kept characters and estimated tokens) and
+``edu_score_hist.png`` (edu_score of every deduplicated record, the kept part highlighted,
+the threshold as a line).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from primer.datasets import Manifest
+from primer.storage import open_storage
+from services.curation.filters import all_reasons
+
+
+def histogram_png(hist_all: list[int], hist_kept: list[int], threshold: float) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(hist_all)
+    edges = [i / n for i in range(n)]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.bar(edges, hist_all, width=1 / n, align="edge", color="#c8c8c8", label="all (deduplicated)")
+    ax.bar(edges, hist_kept, width=1 / n, align="edge", color="#2a7ab0", label="kept")
+    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("edu_score")
+    ax.set_ylabel("files")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(out: str, manifest: Manifest, facts: dict[str, Any]) -> dict[str, Any]:
+    store = open_storage(f"{out}/_report")
+    counts = {r: manifest.drop_counts.get(r, 0) for r in all_reasons()}
+    counts.update(manifest.drop_counts)  # any reason not in the fixed list too
+    report = {**facts, "kept": manifest.rows, "drop_counts": counts,
+              "dataset": out, "shards": len(manifest.shards)}
+    store.write_text("report.json", json.dumps(report, indent=2, sort_keys=True, default=str))
+    store.write_bytes("edu_score_hist.png", histogram_png(facts["hist_all"], facts["hist_kept"],
+                                                          facts["threshold"]))
+    m = facts.get("classifier") or {}
+    lines = ["# Curation report", "", f"- input: {facts['input']}",
+             f"- files seen: {facts['files_seen']}", f"- kept: {manifest.rows}",
+             f"- kept characters: {facts['kept_chars']:,}",
+             f"- estimated tokens: {facts['estimated_tokens']:,}",
+             f"- keep rule: {facts['rule']} (threshold {facts['threshold']:.4f})", "",
+             "| reason | dropped |", "|---|---:|"]
+    lines += [f"| {r} | {n} |" for r, n in counts.items()]
+    if m:
+        lines += ["", "## Classifier (held-out annotations)", "",
+                  f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+                  f"F1 {m['f1']:.3f} (chance F1 {m['chance_f1']:.3f}), accuracy "
+                  f"{m['accuracy']:.3f} (majority {m['chance_accuracy']:.3f}); "
+                  f"{m['n_train']} train / {m['n_test']} test; encoder {m['encoder']}"]
+    lines += ["", "![edu_score histogram](edu_score_hist.png)", ""]
+    store.write_text("report.md", "\n".join(lines))
+    return report
