@@ -94,8 +94,8 @@ def test_every_object_is_valid(rendered, scenario):
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "NetworkPolicy", "PodDisruptionBudget", "CustomResourceDefinition",
             "Pod"} <= kinds
-    # The operator (and so its Role) is off by default until the operator package ships.
-    assert ("Role" in kinds) is (scenario != "defaults")
+    # The operator (and so its Role) is on by default now that operators/ ships.
+    assert "Role" in kinds and "ClusterRole" not in kinds
 
 
 def test_optional_features_render(rendered):
@@ -129,6 +129,15 @@ def test_crds_cover_the_operator_rbac(rendered):
     for rule in role["rules"]:  # least privilege: no wildcards, no secrets
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert "secrets" not in rule["resources"]
+    # Exactly what the handlers use (operators/): no reads of pods, no list of children.
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
+             for r in rule["resources"]}
+    assert verbs[("kubeflow.org", "pytorchjobs")] == {"create", "get", "delete"}
+    assert verbs[("batch", "jobs")] == {"create", "get", "delete"}
+    assert ("", "pods") not in verbs
+    dep = by_kind(docs, "Deployment")["rel-primer-operator"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in dep["containers"][0]["env"]}
+    assert env["PRIMER_S3_CREDENTIALS"] == "rel-primer-s3" and env["PRIMER_RELEASE"] == "rel"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

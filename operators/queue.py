@@ -1,0 +1,69 @@
+"""Sending units to the Celery queue and taking them back: the shared executor's task.
+
+Units go out as the ``primer.run_unit`` task of :mod:`primer.executor.celery_app` (what
+``CeleryExecutor`` sends), without waiting for results: the operator polls completion
+markers instead. Task ids are ``<run prefix><unit id>``, so a run's messages can be found in
+the queue and removed when the run is deleted, with no list of ids kept anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from kombu.exceptions import OperationalError
+
+from primer.executor import Job
+from primer.executor.celery_app import TASK_NAME, CeleryConfig, make_app
+
+TIMEOUT_S = 5.0  # a dead Redis fails a call within seconds; a finalizer never hangs on it
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis could not be reached; the message says which and why."""
+
+
+def task_prefix(namespace: str, name: str, uid: str) -> str:
+    """Unique per object (the uid changes when a run is deleted and created again)."""
+    return f"{namespace}.{name}.{uid[:8]}."
+
+
+def enqueue(job: Job, queue: str, redis_url: str, prefix: str) -> int:
+    """Send every unit of ``job`` to ``queue``; returns how many were sent."""
+    app = make_app(CeleryConfig(redis_url=redis_url, queue=queue))
+    app.conf.broker_connection_timeout = TIMEOUT_S
+    policy = {"max_retries": 2, "interval_start": 0.5, "interval_step": 1, "interval_max": 2}
+    try:
+        for unit in job.units:
+            app.send_task(TASK_NAME, task_id=prefix + unit.id, queue=queue, retry_policy=policy,
+                          kwargs={"unit": unit.to_dict(), "state_uri": job.state_uri,
+                                  "job": job.name})
+    except (OperationalError, redis.RedisError, OSError) as e:
+        raise QueueUnavailable(f"cannot send units to {queue} at {redis_url}: {e}") from e
+    finally:
+        app.close()
+    return len(job.units)
+
+
+def cancel(queue: str, redis_url: str, prefix: str) -> int:
+    """Remove this run's units still waiting in ``queue``; returns how many were removed.
+
+    Units already taken by a worker finish (they are idempotent and their output is
+    atomic); nothing new of this run starts after this returns.
+    """
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=TIMEOUT_S,
+                                  socket_timeout=TIMEOUT_S)
+    removed = 0
+    try:
+        for raw in client.lrange(queue, 0, -1):
+            try:
+                task_id = json.loads(raw)["headers"]["id"]
+            except (ValueError, KeyError, TypeError):
+                continue  # not a Celery message: not ours
+            if task_id.startswith(prefix):
+                removed += client.lrem(queue, 1, raw)
+    except (redis.RedisError, OSError) as e:
+        raise QueueUnavailable(f"cannot reach {redis_url} to cancel units on {queue}: {e}") from e
+    finally:
+        client.close()
+    return removed

@@ -1,0 +1,147 @@
+"""The evaluation Job (``batch/v1``): one hardened pod that runs ``primer eval run``.
+
+:func:`build_evaluation_job` is the only place the object is assembled; the operator builds
+one per ``EvaluationRun`` and tests validate it against the Kubernetes schemas. The pod is
+the hardened evaluation pod of the chart, because it executes model-written code (each
+program also runs in the sandbox): labelled ``app.kubernetes.io/component: evaluation`` so
+the release's deny-all NetworkPolicy applies to it, non-root, read-only root file system, no
+capabilities, seccomp ``RuntimeDefault``, no service-account token, a deadline and requests =
+limits. The report lands in ``<output>/<benchmark>/summary.json`` (``pass@1`` …).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "batch/v1"
+KIND = "Job"
+CONTAINER_NAME = "evaluate"
+BENCHMARKS = ("humaneval", "mbpp")
+RUN_AS_USER = 10001  # the non-root user of docker/Dockerfile
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_MAX_NAME = 52  # Job pods are named <job>-<5 chars>; CronJob-style limit keeps it < 63
+
+
+@dataclass(frozen=True)
+class EvaluationJobSpec:
+    """Everything that decides the evaluation Job."""
+
+    name: str
+    """Job name (DNS-1123 label, at most 52 characters)."""
+    image: str
+    """Primer image with ``services.evaluation`` (``docker/Dockerfile``), pinned."""
+    checkpoint: str
+    """Checkpoint folder or export to evaluate (any storage URI the pod can read)."""
+    output: str
+    """Report folder: ``<output>/<benchmark>/{samples.jsonl,results.jsonl,summary.json}``."""
+    benchmarks: tuple[str, ...] = BENCHMARKS
+    """Benchmarks, in order."""
+    samples: int = 1
+    """Samples per problem (``generation.n_samples``)."""
+    namespace: str | None = None
+    """Namespace; None leaves it to the client."""
+    s3_secret: str = "primer-s3"
+    """Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``."""
+    s3_endpoint: str | None = None
+    """``PRIMER_S3_ENDPOINT``; None: AWS S3."""
+    cpu: str = "4"
+    """CPU (request = limit)."""
+    memory: str = "16Gi"
+    """Memory (request = limit)."""
+    gpus: int = 0
+    """GPUs for generating completions; 0: CPU."""
+    active_deadline_seconds: int = 86400
+    """The Job is stopped (Failed) after this long."""
+    backoff_limit: int = 1
+    """Pod retries before the Job fails."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels for the Job and its pod (e.g. ``app.kubernetes.io/instance``)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _NAME.match(self.name) or len(self.name) > _MAX_NAME:
+            problems.append(f"name {self.name!r}: lower-case letters, digits and '-', starting "
+                            f"with a letter, at most {_MAX_NAME} characters")
+        if not self.image or self.image.endswith(":latest") or (
+                ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image):
+            problems.append(f"image {self.image!r}: pin a tag or digest (not :latest)")
+        if not self.benchmarks or set(self.benchmarks) - set(BENCHMARKS):
+            problems.append(f"benchmarks {list(self.benchmarks)}: one or more of "
+                            f"{', '.join(BENCHMARKS)}")
+        for key in ("samples", "active_deadline_seconds"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key} {getattr(self, key)}: at least 1")
+        for key in ("gpus", "backoff_limit"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key} {getattr(self, key)}: 0 or more")
+        if problems:
+            raise ValueError("invalid evaluation job: " + "; ".join(problems))
+
+
+def build_evaluation_job(spec: EvaluationJobSpec) -> dict[str, Any]:
+    """The evaluation Job for ``spec`` as a plain dict (``batch/v1``)."""
+    labels = {"app.kubernetes.io/name": "primer", "app.kubernetes.io/component": "evaluation",
+              **spec.labels}
+    metadata: dict[str, Any] = {"name": spec.name}
+    if spec.namespace:
+        metadata["namespace"] = spec.namespace
+    metadata["labels"] = labels
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": _pod(spec)},
+        },
+    }
+
+
+def command(spec: EvaluationJobSpec) -> list[str]:
+    """``primer eval run`` for the spec (the same command a person runs on a laptop)."""
+    return ["primer", "eval", "run", "--model", spec.checkpoint,
+            "--benchmark", ",".join(spec.benchmarks), "--output", spec.output,
+            f"--generation.n_samples={spec.samples}"]
+
+
+def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
+    resources: dict[str, dict[str, str]] = {
+        "requests": {"cpu": spec.cpu, "memory": spec.memory},
+        "limits": {"cpu": spec.cpu, "memory": spec.memory},
+    }
+    if spec.gpus:
+        resources["requests"]["nvidia.com/gpu"] = str(spec.gpus)
+        resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
+                                 {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if spec.s3_endpoint:
+        env.append({"name": "PRIMER_S3_ENDPOINT", "value": spec.s3_endpoint})
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret,
+                                                                "key": key}}})
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                            "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER_NAME,
+            "image": spec.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": command(spec),
+            "env": env,
+            "resources": resources,
+            "securityContext": {"allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}}],
+    }

@@ -1,0 +1,104 @@
+"""The operator's wiring, in-process against kmock: runs become PyTorchJobs, Jobs and queued
+units (real Redis); status follows the children; deletion removes children and finalizer."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from operators.units import GENERATION_UNIT_FN
+from tests.charts.k8s_schemas import validate
+from tests.operators.conftest import NS, wait_for
+
+GV = "primer.dev/v1alpha1"
+
+
+def run(kind: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": GV, "kind": kind, "spec": spec,
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}-0000"}}
+
+
+def test_trainingrun_becomes_an_owned_pytorchjob_and_follows_it(cluster, operator):
+    cluster.create(GV, "trainingruns", run("TrainingRun", "tr1", {
+        "preset": "tiny", "data": "s3://bkt/shards", "output": "s3://bkt/runs/tr1",
+        "nodes": 2, "gpusPerNode": 4, "image": "ghcr.io/primer-ml/primer-train:0.1.0"}))
+    job = wait_for(lambda: cluster.get("kubeflow.org/v1", "pytorchjobs", "tr1"), "PyTorchJob")
+    validate({k: v for k, v in job.items() if k != "status"})  # the upstream CRD schema, strict
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("TrainingRun", "tr1",
+                                                            "uid-tr1-0000")
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert job["metadata"]["labels"]["app.kubernetes.io/instance"] == "rel"
+
+    cluster.patch_status("kubeflow.org/v1", "pytorchjobs", "tr1", {"conditions": [
+        {"type": "Created", "status": "True"}, {"type": "Running", "status": "False"},
+        {"type": "Succeeded", "status": "True", "message": "PyTorchJob tr1 is successfully "
+                                                           "completed."}]})
+    done = wait_for(lambda: (cluster.get(GV, "trainingruns", "tr1").get("status") or {}).get(
+        "phase") == "Succeeded" and cluster.get(GV, "trainingruns", "tr1"), "Succeeded")
+    assert done["status"]["conditions"][-1]["type"] == "Succeeded"
+    assert done["status"]["completedAt"]
+
+    cluster.delete(GV, "trainingruns", "tr1")
+    wait_for(lambda: cluster.get(GV, "trainingruns", "tr1") is None, "finalizer released")
+    assert cluster.get("kubeflow.org/v1", "pytorchjobs", "tr1") is None
+
+
+def test_generationrun_enqueues_its_units_and_deleting_it_takes_them_back(
+        cluster, operator, redis_url):
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete("generation")
+    cluster.create(GV, "generationruns", run("GenerationRun", "gen1", {
+        "kind": "exercises", "count": 5, "batchSize": 2, "output": "s3://bkt/gen1",
+        "teacher": {"url": "http://teacher:8000/v1", "model": "m"}}))
+    status = wait_for(lambda: (cluster.get(GV, "generationruns", "gen1").get("status") or {}
+                               ).get("units"), "units sent")
+    assert status == {"done": 0, "total": 4}  # ceil(5 × 1.25) = 7 specs in batches of 2
+    messages = [json.loads(m) for m in queue.lrange("generation", 0, -1)]
+    assert {m["headers"]["task"] for m in messages} == {"primer.run_unit"}
+    assert sorted(m["headers"]["id"] for m in messages) == [
+        f"{NS}.gen1.uid-gen1.exercises-00000000{i}" for i in (0, 2, 4, 6)]
+
+    cluster.delete(GV, "generationruns", "gen1")
+    wait_for(lambda: cluster.get(GV, "generationruns", "gen1") is None, "finalizer released")
+    assert queue.llen("generation") == 0  # nothing of the deleted run is left to run
+
+
+def test_generation_units_call_the_generation_function():
+    from operators.specs import GenerationSpec
+    from operators.units import generation_units
+
+    units = generation_units(GenerationSpec(kind="textbooks", count=3, output="s3://bkt/o",
+                                            batchSize=2), teacher_url="http://t/v1")
+    assert [u.id for u in units] == ["textbooks-000000000", "textbooks-000000002"]
+    assert {u.fn for u in units} == {GENERATION_UNIT_FN}
+    assert units[0].args["teacher"]["cache_uri"] == "s3://bkt/o/_work/teacher-cache"
+
+
+def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
+    cluster.create(GV, "generationruns", run("GenerationRun", "bad1", {
+        "kind": "textbooks", "count": 0, "output": "s3://bkt/bad"}))
+    status = wait_for(lambda: (cluster.get(GV, "generationruns", "bad1").get("status") or {}
+                               ).get("message"), "refusal")
+    assert "spec.count" in status and "greater than or equal to 1" in status
+    assert cluster.get(GV, "generationruns", "bad1")["status"]["phase"] == "Failed"
+    cluster.delete(GV, "generationruns", "bad1")
+    wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
+
+
+def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
+    cluster.create(GV, "evaluationruns", run("EvaluationRun", "ev1", {
+        "checkpoint": "s3://bkt/runs/r/checkpoints/step-10", "output": "s3://bkt/eval/ev1",
+        "benchmarks": ["humaneval"]}))
+    job = wait_for(lambda: cluster.get("batch/v1", "jobs", "ev1"), "Job")
+    validate({k: v for k, v in job.items() if k != "status"})  # Kubernetes 1.30 and 1.35
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-ev1-0000"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == \
+        "evaluation"  # so the release's deny-all NetworkPolicy selects it
+    assert pod["containers"][0]["command"][:3] == ["primer", "eval", "run"]
+    cluster.delete(GV, "evaluationruns", "ev1")
+    wait_for(lambda: cluster.get(GV, "evaluationruns", "ev1") is None, "finalizer released")
+    assert cluster.get("batch/v1", "jobs", "ev1") is None
