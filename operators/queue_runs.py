@@ -70,7 +70,7 @@ def enqueue_units(spec, name, namespace, uid, status, patch, resource, logger, *
 
 @kopf.timer(GROUP, VERSION, "generationruns", interval=POLL_SECONDS, when=_running)
 @kopf.timer(GROUP, VERSION, "curationruns", interval=POLL_SECONDS, when=_running)
-def report_progress(spec, name, status, patch, resource, memo, logger, **_):
+def report_progress(spec, name, namespace, uid, status, patch, resource, memo, logger, **_):
     """Units done/total, tokens and ETA from the completion markers; Succeeded when all done."""
     job = _job(resource.plural, spec, name, patch)
     try:
@@ -82,8 +82,26 @@ def report_progress(spec, name, status, patch, resource, memo, logger, **_):
     patch.status.update(units={"done": done, "total": total}, tokens=tokens,
                         progress=f"{done}/{total} units",
                         etaSeconds=eta_seconds(status.get("startedAt"), done, total))
-    if done == total:
+    if done < total:
+        return
+    if resource.plural == "curationruns":
         finish(patch, "Succeeded", f"all {total} units done")
+        return
+    # A generation run ends with one more unit: later rounds, if needed, and the commit.
+    if count_done(job.state_uri, {units.FINISH_ID}, memo)[0]:
+        finish(patch, "Succeeded", f"all {total} units done; dataset committed")
+    elif not status.get("finishing"):
+        config = OperatorConfig.from_env()
+        parsed = GenerationSpec.model_validate(dict(spec))
+        last = Job(name, [units.generation_finish_unit(parsed, config.teacher_url)],
+                   job.state_uri)
+        try:
+            queue.enqueue(last, status.get("queue") or config.generation_queue,
+                          config.redis_url, queue.task_prefix(namespace, name, uid))
+        except queue.QueueUnavailable as e:
+            raise kopf.TemporaryError(str(e), delay=RETRY_SECONDS) from e
+        patch.status.update(finishing=True, message="first round done; finishing "
+                                                    "(later rounds if needed, then the commit)")
 
 
 @kopf.on.delete(GROUP, VERSION, "generationruns", retries=DELETE_ATTEMPTS, backoff=RETRY_SECONDS)

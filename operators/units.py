@@ -19,9 +19,11 @@ from primer.teacher.config import TeacherConfig
 #: Its arguments are those of ``generate_batch``; the unit ids are those ``primer generate``
 #: uses, so a later ``primer generate`` on the same output skips what the operator ran.
 GENERATION_UNIT_FN = "services.generation.batch:generate_batch"
-#: The whole curation pipeline as one driver unit (its stages fan out on the curation
-#: workers). NOT YET PROVIDED by services/curation: it must accept the arguments built in
-#: :func:`curation_units` (input, output, steps, config).
+#: Sent once the first round is done: later rounds (if too few records were valid) and the
+#: dataset commit, exactly as ``primer generate`` would finish the same output.
+GENERATION_FINISH_FN = "services.generation.run:finish_unit"
+#: The whole curation pipeline as one driver unit: its stages run one after another on the
+#: worker that takes it, each resumable by its own markers.
 CURATION_UNIT_FN = "services.curation.pipeline:run_unit"
 
 
@@ -30,16 +32,28 @@ def state_uri(output: str) -> str:
     return output.rstrip("/") + "/_work"
 
 
-def generation_units(spec: GenerationSpec, teacher_url: str) -> list[WorkUnit]:
-    """The first round of a generation run: ``count × overgenerate`` specs in batches."""
+def _generation_args(spec: GenerationSpec, teacher_url: str) -> dict[str, Any]:
     teacher = TeacherConfig(url=spec.teacher.url or teacher_url,
                             cache_uri=state_uri(spec.output) + "/teacher-cache",
                             **({"model": spec.teacher.model} if spec.teacher.model else {}))
-    args: dict[str, Any] = {
-        "kind": spec.kind, "output": spec.output, "teacher": teacher.model_dump(),
-        "settings": {"seed": spec.seed, "batch_size": spec.batch_size,
-                     "overgenerate": spec.overgenerate},
-        "sandbox": SandboxConfig().model_dump(mode="json")}
+    return {"kind": spec.kind, "output": spec.output, "teacher": teacher.model_dump(),
+            "settings": {"seed": spec.seed, "batch_size": spec.batch_size,
+                         "overgenerate": spec.overgenerate},
+            "sandbox": SandboxConfig().model_dump(mode="json")}
+
+
+def generation_finish_unit(spec: GenerationSpec, teacher_url: str) -> WorkUnit:
+    """The last unit of a generation run (see :data:`GENERATION_FINISH_FN`)."""
+    return WorkUnit(FINISH_ID, GENERATION_FINISH_FN,
+                    {**_generation_args(spec, teacher_url), "count": spec.count})
+
+
+FINISH_ID = "finish"
+
+
+def generation_units(spec: GenerationSpec, teacher_url: str) -> list[WorkUnit]:
+    """The first round of a generation run: ``count × overgenerate`` specs in batches."""
+    args = _generation_args(spec, teacher_url)
     stop = math.ceil(spec.count * spec.overgenerate)
     return [WorkUnit(f"{spec.kind}-{s:09d}", GENERATION_UNIT_FN,
                      {**args, "start": s, "count": spec.batch_size})

@@ -371,3 +371,24 @@ def run(cfg: CurationConfig, *, executor: Executor | None = None, progress: bool
                                            + selects], Producer("curate-dropped", digest),
                        drop_counts=drops)
     return write_report(out, manifest, facts)
+
+
+STAGES = ("read", "dedup", "annotate", "train", "score", "select")
+
+
+def run_unit(input: str, output: str, steps: list[str] | None = None,
+             config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Work unit for a whole curation (the operator's CurationRun): the stages run one after
+    another inside this worker, each resumable through its own markers under the output.
+
+    A Celery worker's process may not start a process pool, so stages run in-process here;
+    scale a cluster curation by running ``primer curate --executor celery`` instead.
+    """
+    if steps and list(steps) != list(STAGES):
+        raise CurationError(f"steps {steps}: a CurationRun runs every stage {list(STAGES)}; "
+                            "running a subset is not supported")
+    from primer.config import load_config
+
+    cfg = load_config(CurationConfig, base={**(config or {}), "input": input, "output": output})
+    report = run(cfg, executor=LocalExecutor(workers=1), progress=False)
+    return {"output": output, "kept": report.get("kept") if isinstance(report, dict) else None}

@@ -156,6 +156,8 @@ def generate(kind: str, count: int, output: str, config: GenerateConfig, executo
     while True:
         stop = min(limit, math.ceil(want / gen.batch_size) * gen.batch_size)
         if stop <= planned:
+            if gen.allow_fewer:
+                break  # publish what there is; the manifest records the shortfall
             raise GenerationError(
                 f"only {selection.kept} of {count} valid records after {planned} specs "
                 f"(limit count × max_specs_factor = {limit}); drops: "
@@ -182,7 +184,8 @@ def generate(kind: str, count: int, output: str, config: GenerateConfig, executo
     usage: Counter = Counter()
     for r in (result.results[u.id] for u in units):
         usage.update({k: v for k, v in r["usage"].items() if isinstance(v, int | float)})
-    metadata = {**request, "specs": selection.specs, "surplus_valid": selection.surplus,
+    metadata = {**request, "valid": selection.kept, "specs": selection.specs,
+                "surplus_valid": selection.surplus,
                 "teacher": config.teacher.model, "usage": dict(usage),
                 "selection": "first `count` valid records of the seeded spec stream"}
     return commit_dataset(store, shards, producer, selection.drops, selection.tokens, metadata)
@@ -222,3 +225,16 @@ class _Watcher:
             self._stop.set()
             self._thread.join()
             self.poll()
+
+
+def finish_unit(kind: str, count: int, output: str, teacher: dict[str, Any],
+                settings: dict[str, Any], sandbox: dict[str, Any]) -> dict[str, Any]:
+    """Work unit that completes a run whose first round ran elsewhere (the operator's
+    GenerationRun fans the first round out over the workers, then sends this): the batches
+    already done are skipped by their markers, later rounds run here, and the manifest is
+    committed. Runs in-process: a Celery worker's process may not start a process pool."""
+    from primer.executor import LocalExecutor
+
+    config = GenerateConfig(teacher=teacher, generation=settings, sandbox=sandbox, workers=1)
+    manifest = generate(kind, count, output, config, LocalExecutor(workers=1))
+    return {"rows": manifest.rows, "drops": manifest.drop_counts}

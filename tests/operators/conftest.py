@@ -8,6 +8,7 @@ garbage by owner references; tests validate objects against the real schemas the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import threading
@@ -123,18 +124,16 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def operator(cluster, redis_url, tmp_path_factory) -> Iterator[KopfRunner]:
-    """The operator as the chart runs it (``kopf run --standalone --namespace … -m operators``)."""
+@contextlib.contextmanager
+def run_operator(cluster: Cluster, env: dict[str, str]) -> Iterator[KopfRunner]:
+    """The operator as the chart runs it (``kopf run --standalone --namespace … -m operators``),
+    with ``env`` set while it runs."""
     KUBECONFIG.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
         f"clusters: [{{name: kmock, cluster: {{server: '{cluster.url}'}}}}]\n"
         "users: [{name: kmock, user: {token: test}}]\n"
         "contexts: [{name: kmock, context: {cluster: kmock, user: kmock, namespace: primer}}]\n")
-    env = {"PRIMER_REDIS_URL": redis_url,
-           "PRIMER_RELEASE": "rel", "PRIMER_S3_CREDENTIALS": "rel-primer-s3",
-           "PRIMER_S3_ENDPOINT": "http://127.0.0.1:9", "PRIMER_S3_RETRIES": "1",
-           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    env = {"PRIMER_RELEASE": "rel", "PRIMER_S3_CREDENTIALS": "rel-primer-s3", **env}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -148,3 +147,13 @@ def operator(cluster, redis_url, tmp_path_factory) -> Iterator[KopfRunner]:
             else:
                 os.environ[k] = v
     assert runner.exception is None, runner.output
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, redis_url) -> Iterator[KopfRunner]:
+    """The operator with S3 unreachable (progress polling must tolerate it)."""
+    with run_operator(cluster, {"PRIMER_REDIS_URL": redis_url,
+                                "PRIMER_S3_ENDPOINT": "http://127.0.0.1:9",
+                                "PRIMER_S3_RETRIES": "1", "AWS_ACCESS_KEY_ID": "x",
+                                "AWS_SECRET_ACCESS_KEY": "y"}) as runner:
+        yield runner

@@ -140,3 +140,24 @@ def test_kill_9_of_a_worker_mid_batch_changes_nothing(redis_url, clean_teacher, 
     markers = [read_marker(state, u) for u in completed_ids(state)]
     # The redelivered batch took what the killed worker had already got from the cache.
     assert sum(m["result"]["usage"]["cached"] for m in markers) > 0
+
+
+@pytest.mark.integration
+def test_the_operator_units_then_its_finish_unit_publish_the_dataset(clean_teacher, s3_bucket):
+    """What a GenerationRun does (operators/units.py): the first-round batch units, run by any
+    worker, then the finish unit, which runs later rounds and commits: N records on S3, as
+    `primer generate` would publish them."""
+    from operators.specs import GenerationSpec
+    from operators.units import generation_finish_unit, generation_units, state_uri
+    from primer.executor import Job, run_unit
+
+    out = f"s3://{s3_bucket}/gen"
+    spec = GenerationSpec(kind="textbooks", count=12, output=out, batchSize=8,
+                          teacher={"url": clean_teacher.base_url, "model": "test-teacher"})
+    first = generation_units(spec, "")
+    result = LocalExecutor(1).run(Job("first-round", first, state_uri(out)), progress=False)
+    assert result.ok and len(result.done) == len(first) == 2
+    finish = run_unit(generation_finish_unit(spec, ""), state_uri(out))
+    manifest = open_dataset(out).manifest
+    assert finish.result["rows"] == manifest.rows == 12
+    assert len({r["id"] for r in open_dataset(out)}) == 12
