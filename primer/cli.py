@@ -37,6 +37,7 @@ from rich.markup import escape
 import primer
 from primer.config import ConfigError, CoreConfig, config_hash, dump_config, load_config
 from primer.log import setup_logging
+from primer.serve import cmd_serve
 from primer.storage import StorageError
 
 ENTRY_POINT_GROUP = "primer.commands"
@@ -174,10 +175,11 @@ def build_app(plugins: Iterable[EntryPoint] | None = None) -> typer.Typer:
     app.command("version")(cmd_version)
     app.command("doctor", context_settings=OVERRIDES)(cmd_doctor)
     app.command("demo", context_settings=OVERRIDES)(cmd_demo)
+    app.command("serve")(cmd_serve)
     config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
     config_app.command("show", context_settings=OVERRIDES)(cmd_config_show)
     app.add_typer(config_app, name="config")
-    builtin = {"version", "doctor", "demo", "config"}
+    builtin = {"version", "doctor", "demo", "config", "serve"}
     eps = entry_points(group=ENTRY_POINT_GROUP) if plugins is None else plugins
     for ep in sorted(eps, key=lambda e: e.name):
         _mount(app, ep, builtin)

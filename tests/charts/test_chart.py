@@ -22,6 +22,7 @@ ALL_ON = {
     "teacher": {"enabled": True, "hfTokenSecret": "hf", "extraArgs": ["--max-model-len", "8192"]},
     "trainingJob": {"enabled": True, "nodes": 3, "gpusPerNode": 4, "steps": 100},
     "operator": {"enabled": True},
+    "gateway": {"auth": {"existingSecret": "gateway-auth"}},
     "commonLabels": {"team": "ml"},
 }
 #: Production: external S3, Redis with a password (KEDA TriggerAuthentication), external teacher.
@@ -354,3 +355,21 @@ def test_skaffold_config_is_valid():
     releases[0]["setValueTemplate"] = releases[0].pop("setValueTemplates")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(schema).validate(config)
+
+
+def test_gateway_gets_its_token_from_a_secret_and_the_workers_queues(rendered):
+    def env(scenario):
+        deploy = by_kind(rendered[scenario], "Deployment")["rel-primer-gateway"]
+        return {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    on, off = env("all-on"), env("defaults")
+    assert on["PRIMER_GATEWAY_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gateway-auth",
+                                                                      "key": "token"}
+    assert "PRIMER_GATEWAY_TOKEN" not in off
+    workers = {c: by_kind(rendered["defaults"], "Deployment")[f"rel-primer-{c}"]
+               for c in ("curation", "generation", "evaluation")}
+    for component, deploy in workers.items():
+        worker_env = {e["name"]: e.get("value") for e in
+                      deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert off[f"PRIMER_GATEWAY_QUEUE_{component.upper()}"]["value"] == \
+            worker_env["PRIMER_CELERY_QUEUE"]

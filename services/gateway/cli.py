@@ -1,0 +1,130 @@
+"""``primer runs``: submit and watch runs through the gateway (cluster mode).
+
+    export PRIMER_GATEWAY_URL=http://primer-gateway PRIMER_GATEWAY_TOKEN=…   # token: if on
+    primer runs submit generation kind=textbooks count=1000 --generation.batch_size=32
+    primer runs submit evaluation benchmarks=[humaneval] model=phi \\
+        --generation.api_base=http://primer-teacher/v1
+    primer runs list --phase Running
+    primer runs get run-0123456789ab --wait      # exit 1 if it failed
+
+``key=value`` sets a field of the run spec (values parsed as YAML: ``count=10`` is a
+number); ``--section.key=value`` is a config override for the component, as in local mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from primer.cli import OVERRIDES
+
+app = typer.Typer(help="Submit and watch runs through the gateway (cluster mode).",
+                  no_args_is_help=True)
+
+Gateway = Annotated[str, typer.Option(
+    "--gateway", envvar="PRIMER_GATEWAY_URL",
+    help="Gateway base URL, e.g. http://primer-gateway. Env: PRIMER_GATEWAY_URL.")]
+
+
+class GatewayError(Exception):
+    pass
+
+
+def call(gateway: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One request; a 4xx/5xx becomes :class:`GatewayError` carrying the gateway's message."""
+    headers = {"Accept": "application/json"}
+    if token := os.environ.get("PRIMER_GATEWAY_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(gateway.rstrip("/") + path, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error")
+        except ValueError:
+            message = None
+        raise GatewayError(f"HTTP {exc.code}: {message or exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise GatewayError(f"cannot reach the gateway at {gateway}: {exc.reason}") from None
+
+
+def _echo(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def parse_spec(component: str, args: list[str]) -> dict[str, Any]:
+    """``key=value`` → spec fields, ``--a.b=value`` → overrides (values parsed as YAML)."""
+    spec: dict[str, Any] = {"component": component}
+    overrides: dict[str, Any] = {}
+    for arg in args:
+        key, sep, raw = arg.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{arg!r}: use key=value or --section.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else raw
+        (overrides if arg.startswith("--") else spec)[key] = value
+    if overrides:
+        spec["overrides"] = overrides
+    return spec
+
+
+@app.command("submit", context_settings=OVERRIDES)
+def submit(ctx: typer.Context,
+           component: Annotated[str, typer.Argument(help="curation, generation or evaluation.")],
+           gateway: Gateway) -> None:
+    """Submit a run; prints it (phase Pending) as JSON."""
+    try:
+        _echo(call(gateway, "POST", "/v1/runs", parse_spec(component, list(ctx.args))))
+    except GatewayError as exc:
+        _fail(exc)
+
+
+@app.command("list")
+def list_runs(gateway: Gateway,
+              component: Annotated[str | None, typer.Option(help="Only this component.")] = None,
+              phase: Annotated[str | None, typer.Option(help="Only this phase.")] = None,
+              limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
+    """List runs, newest first: id, component, phase, units done."""
+    query = {k: v for k, v in {"component": component, "phase": phase, "limit": limit}.items()
+             if v is not None}
+    try:
+        runs = call(gateway, "GET", "/v1/runs?" + urllib.parse.urlencode(query))["runs"]
+    except GatewayError as exc:
+        _fail(exc)
+    for run in runs:
+        typer.echo(f"{run['id']}  {run['component']:<10}  {run['phase']:<9}  "
+                   f"{run['progress']['units_done']} units  {run['created_at']}")
+
+
+@app.command("get")
+def get(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")], gateway: Gateway,
+        wait: Annotated[bool, typer.Option("--wait", help="Poll until it ends; exit 1 if it "
+                                           "failed.")] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 2.0) -> None:
+    """Print one run as JSON."""
+    try:
+        run = call(gateway, "GET", f"/v1/runs/{urllib.parse.quote(run_id)}")
+        while wait and run["phase"] not in ("Succeeded", "Failed"):
+            time.sleep(interval)
+            run = call(gateway, "GET", f"/v1/runs/{urllib.parse.quote(run_id)}")
+    except GatewayError as exc:
+        _fail(exc)
+    _echo(run)
+    if wait and run["phase"] == "Failed":
+        raise typer.Exit(1)

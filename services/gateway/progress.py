@@ -1,0 +1,63 @@
+"""What a run has done so far, read from its output: completion markers and manifests.
+
+Every component keeps its work units' markers under ``<output>/_work/**/_markers/`` (see
+``primer.executor``), so counting them needs no knowledge of the component.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from primer.storage import ObjectNotFoundError, open_storage
+
+MARKER_DIR = "/_markers/"
+
+
+def _markers(output: str):
+    store = open_storage(output.rstrip("/") + "/_work")
+    return store, [o.key for o in store.list() if MARKER_DIR in f"/{o.key}"
+                   and o.key.endswith(".json") and "/gateway/" not in f"/{o.key}"]
+
+
+def units_done(output: str) -> int:
+    """Markers written so far (one listing, no reads)."""
+    return len(_markers(output)[1])
+
+
+def unit_stats(output: str) -> dict[str, Any]:
+    """Totals over every marker: units, seconds, and the teacher's tokens and requests."""
+    store, keys = _markers(output)
+    stats = {"units_done": len(keys), "unit_seconds": 0.0, "tokens_generated": 0,
+             "teacher_requests": 0}
+    for key in keys:
+        marker = json.loads(store.read_text(key))
+        stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
+        result = marker.get("result")
+        usage = result.get("usage") if isinstance(result, dict) else None
+        if isinstance(usage, dict):
+            stats["tokens_generated"] += int(usage.get("completion_tokens") or 0)
+            stats["teacher_requests"] += int(usage.get("requests") or 0)
+    return stats
+
+
+def outputs(component: str, output: str) -> dict[str, Any]:
+    """Where the results are: the dataset manifest's counts, or the evaluation summaries."""
+    store = open_storage(output)
+    found: dict[str, Any] = {"uri": store.uri}
+    if component == "evaluation":
+        summaries = {}
+        for o in store.list():
+            if o.key == "summary.json" or o.key.endswith("/summary.json"):
+                summary = json.loads(store.read_text(o.key))
+                summaries[summary.get("benchmark", o.key)] = {
+                    k: v for k, v in summary.items() if k != "per_task"}
+        found["summaries"] = summaries
+        return found
+    try:
+        manifest = json.loads(store.read_text("_manifest.json"))
+    except ObjectNotFoundError:
+        return found
+    found.update({k: manifest[k] for k in ("rows", "tokens", "drop_counts") if k in manifest})
+    found["manifest"] = store.url("_manifest.json")
+    return found

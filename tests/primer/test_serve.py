@@ -1,0 +1,125 @@
+"""``primer serve`` as a real process, answered by the openai client, the teacher client and
+the evaluation backend."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from primer.teacher import ChatRequest, Teacher, TeacherConfig
+from tests.servers import free_port
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A random 1-layer PhiForCausalLM and an offline byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|eos|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel
+                                                .alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
+    model = PhiForCausalLM(PhiConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     max_position_embeddings=256))
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``primer serve --model <tiny> --name tiny`` on a free port; yields the /v1 base URL."""
+    ckpt = tiny_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt")
+    port = free_port()
+    log = ckpt.parent / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from primer.cli import main; sys.exit(main())",
+             "serve", "--model", str(ckpt), "--port", str(port), "--name", "tiny"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not serving:\n{log.read_text()}"
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            time.sleep(0.1)
+        yield f"{base}/v1"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_openai_client_lists_chats_and_completes(served):
+    client = openai.OpenAI(base_url=served, api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "write add"}], max_tokens=8,
+        temperature=0.7, seed=3)
+    again = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "write add"}], max_tokens=8,
+        temperature=0.7, seed=3)
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == again.choices[0].message.content  # seeded
+    assert 0 < chat.usage.completion_tokens <= 8 and chat.usage.prompt_tokens > 0
+
+    done = client.completions.create(model="tiny", prompt="def add(a, b):", max_tokens=6,
+                                     n=2, temperature=0.9, seed=1)
+    assert [c.index for c in done.choices] == [0, 1]
+    assert done.usage.completion_tokens <= 12
+    greedy = client.completions.create(model="tiny", prompt="def add(a, b):", max_tokens=6,
+                                       temperature=0)
+    text = greedy.choices[0].text
+    if text:  # a stop string taken from the greedy answer cuts there
+        cut = client.completions.create(model="tiny", prompt="def add(a, b):", max_tokens=6,
+                                        temperature=0, stop=[text[-1]])
+        assert cut.choices[0].text == text[:text.index(text[-1])]
+        assert cut.choices[0].finish_reason == "stop"
+
+
+def test_errors_are_openai_shaped(served):
+    client = openai.OpenAI(base_url=served, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="'gpt-4' does not exist"):
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       stream=True)
+    metrics = urllib.request.urlopen(served.removesuffix("/v1") + "/metrics").read().decode()
+    assert 'primer_serve_request_duration_seconds_count{endpoint="chat"}' in metrics
+
+
+def test_it_is_a_teacher_and_an_eval_backend(served):
+    from services.evaluation.backends import make_backend
+    from services.evaluation.config import GenerationConfig
+
+    teacher = Teacher(TeacherConfig(url=served, model="tiny", max_retries=0))
+    answer = teacher.complete_sync(ChatRequest([{"role": "user", "content": "hi"}],
+                                               max_tokens=5, seed=2))
+    assert answer.model == "tiny" and answer.completion_tokens <= 5
+    assert teacher.usage.requests == 1
+
+    backend = make_backend("tiny", GenerationConfig(api_base=served, max_new_tokens=4,
+                                                    concurrency=2))
+    outs = backend.complete(["def f():", "def g():"], ["\ndef"], 2)
+    assert len(outs) == 2 and all(len(o) == 2 and all(isinstance(t, str) for t in o)
+                                  for o in outs)

@@ -1,0 +1,48 @@
+"""The gateway on a real uvicorn server (a free loopback port) against the real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from services.gateway.app import create_app
+from services.gateway.config import COMPONENTS, GatewayConfig
+from tests.servers import free_port
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """``app`` on ``http://127.0.0.1:<free port>`` in a thread; stopped on exit."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def gateway_config(redis_url: str, tmp_path, queue: str | None = None, **kw) -> GatewayConfig:
+    """Every component on one fresh queue, outputs under ``tmp_path``."""
+    queue = queue or f"gw-test-{uuid.uuid4().hex[:8]}"
+    return GatewayConfig(redis_url=redis_url, storage_root=str(tmp_path / "data"),
+                         queues={c: queue for c in COMPONENTS}, **kw)
+
+
+@pytest.fixture
+def gateway(redis_url, tmp_path) -> Iterator[tuple[str, GatewayConfig]]:
+    config = gateway_config(redis_url, tmp_path)
+    with serve(create_app(config)) as url:
+        yield url, config
