@@ -155,16 +155,30 @@ def cmd_demo(
     run: Annotated[str, typer.Option("--run", help="Run name: outputs go to "
                                      "<storage.root>/runs/<run>/; a rerun resumes.")] = "demo",
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Local worker processes (default: all cores).")] = None,
+        "--workers", min=1, help="Local worker processes (default: 2, or fewer cores).")]
+    = None,
+    teacher_url: Annotated[str | None, typer.Option(
+        "--teacher-url", help="Teacher for textbooks and exercises: an OpenAI-compatible base "
+        "URL or a local checkpoint folder. Default: the demo's own pretrained tiny model (a "
+        "toy bootstrapped teacher; the report says so).")] = None,
+    teacher_model: Annotated[str | None, typer.Option(
+        "--teacher-model", help="Model name to request from --teacher-url.")] = None,
+    ablation: Annotated[bool, typer.Option(
+        "--ablation", help="Also train on the same token budget (a) unfiltered code, (b) "
+        "filtered code, (c) filtered + synthetic, over seeds; report NLL and pass@1.")]
+    = False,
 ) -> None:
-    """Run the recipe's stages that exist on this machine's own Python sources.
+    """The phi-1 recipe end to end on this machine's Python sources: curate → tokenizer →
+    pretrain → textbooks + exercises → decontaminate → CodeTextbook → finetune → evaluate →
+    report (HTML + Markdown). A rerun resumes.
 
-    Extra arguments are config overrides, e.g. `primer demo --storage.root=s3://bucket/p`.
+    Extra arguments are config overrides, e.g. `primer demo --storage.root=/data/primer`.
     """
     from primer import demo
 
     config = command_config(ctx, CoreConfig)
-    demo.run(config.storage.root, run, quick=quick, workers=workers)
+    demo.run(config.storage.root, run, quick=quick, workers=workers, ablation=ablation,
+             teacher_url=teacher_url, teacher_model=teacher_model)
 
 
 def build_app(plugins: Iterable[EntryPoint] | None = None) -> typer.Typer:

@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
 
-from primer.benchmarks import BenchmarkError, load_benchmark, parse_benchmarks
+from primer.benchmarks import Benchmark, BenchmarkError, load_benchmark, parse_benchmarks
 from primer.cli import OVERRIDES, command_config
 from services.evaluation.config import EvalConfig
 from services.evaluation.samples import SamplesError, read_samples, write_jsonl
@@ -35,6 +36,14 @@ def _headline(summary: dict) -> str:
               f"{summary['n_problems']} problems)")
 
 
+def _load(name: str, config: EvalConfig) -> Benchmark:
+    """The benchmark, cut to its first ``config.limit`` problems when a limit is set."""
+    bench = load_benchmark(name, config.benchmarks)
+    if config.limit is not None:
+        bench = Benchmark(bench.name, dict(list(bench.problems.items())[:config.limit]))
+    return bench
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
@@ -51,7 +60,7 @@ def score_command(ctx: typer.Context, benchmark: Benchmarks,
         names = parse_benchmarks(benchmark)
         if len(names) != 1:
             raise BenchmarkError("score takes one benchmark per samples file")
-        bench = load_benchmark(names[0], config.benchmarks)
+        bench = _load(names[0], config)
         summary = score(bench, read_samples(samples), output, config.sandbox, config.workers,
                         tuple(config.ks), source=samples)
     except (BenchmarkError, SamplesError) as e:
@@ -70,7 +79,7 @@ def run_command(ctx: typer.Context,
     config = command_config(ctx, EvalConfig)
     try:
         names = parse_benchmarks(benchmark)
-        benches = [load_benchmark(n, config.benchmarks) for n in names]
+        benches = [_load(n, config) for n in names]
         backend = make_backend(model, config.generation)
     except (BenchmarkError, FileNotFoundError) as e:
         _fail(e)
@@ -83,3 +92,25 @@ def run_command(ctx: typer.Context,
         report[bench.name] = {k: v for k, v in summary.items() if k != "per_task"}
         typer.echo(_headline(summary))
     typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("nll", context_settings=OVERRIDES)
+def nll_command(ctx: typer.Context,
+                model: Annotated[str, typer.Option(help="Checkpoint folder "
+                                                        "(save_pretrained output).")],
+                benchmark: Benchmarks, output: Output) -> None:
+    """NLL of the canonical solutions given their prompts: <output>/<benchmark>/nll.json"""
+    from services.evaluation.nll import reference_nll
+
+    config = command_config(ctx, EvalConfig)
+    try:
+        benches = [_load(n, config) for n in parse_benchmarks(benchmark)]
+    except BenchmarkError as e:
+        _fail(e)
+    if not os.path.isdir(model):
+        _fail(FileNotFoundError(f"{model}: not a checkpoint folder (save_pretrained output)"))
+    for bench in benches:
+        summary = reference_nll(model, bench, f"{output.rstrip('/')}/{bench.name}",
+                                device=config.generation.device)
+        typer.echo(f"{bench.name}: mean NLL {summary['nll_per_token']:.4f} nats/token over "
+                   f"{summary['tokens']} reference tokens ({summary['n_problems']} problems)")

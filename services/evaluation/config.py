@@ -42,6 +42,9 @@ class EvalConfig(ConfigModel):
                                          description="Completion backend settings.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig,
                                    description="Limits for running completions.")
+    limit: int | None = Field(None, ge=1, description=(
+        "Use only the first N problems of each benchmark (quick runs); pass@k is then over "
+        "those N, and the summary says so (n_problems)."))
     workers: int = Field(0, ge=0, description="Programs run in parallel (0: one per core).")
     ks: list[int] = Field([1, 10, 100], description="pass@k reported where n >= k.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(

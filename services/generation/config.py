@@ -31,6 +31,10 @@ class GenerationSettings(ConfigModel):
     near_dup_bands: int = Field(8, gt=0, description="MinHash LSH bands; with rows_per_band, "
                                 "sets the near-duplicate threshold (≈0.77 Jaccard at 8×8).")
     near_dup_rows: int = Field(8, gt=0, description="MinHash values per band.")
+    allow_fewer: bool = Field(False, description="When count × max_specs_factor specs yield "
+                              "fewer than count valid records, publish the ones there are "
+                              "(the manifest says how many were asked for) instead of "
+                              "failing; for weak teachers such as the demo's toy one.")
     sandbox_workers: int = Field(0, ge=0, description="Exercise checks run in parallel per "
                                  "unit (0: one per core).")
 

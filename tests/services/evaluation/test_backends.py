@@ -103,3 +103,26 @@ def test_openai_backend_gives_up_after_its_retries():
         with pytest.raises(InternalServerError):
             backend.complete(["x"], ["\n"], 1)
     assert len(server.requests) == 2
+
+
+def test_eval_run_with_a_limit_and_reference_nll(tiny_model, tmp_path):
+    """--limit keeps the first N problems (the demo's quick subset); `eval nll` writes the
+    per-token NLL of the reference solutions; a missing model folder is a clear error."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(APP, [
+        "eval", "run", "--model", tiny_model, "--benchmark", "mbpp", "--output", str(out),
+        "--generation.max_new_tokens=4", "--limit=3", "--workers=2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "mbpp/summary.json").read_text())
+    assert summary["n_problems"] == 3 and sorted(summary["per_task"]) == [
+        "MBPP/11", "MBPP/12", "MBPP/13"]
+
+    result = CliRunner().invoke(APP, ["eval", "nll", "--model", tiny_model, "--benchmark",
+                                      "humaneval", "--output", str(out), "--limit=4"])
+    assert result.exit_code == 0, result.output
+    nll = json.loads((out / "humaneval/nll.json").read_text())
+    assert nll["n_problems"] == 4 and len(nll["per_task"]) == 4
+    assert nll["tokens"] > 0 and 0 < nll["nll_per_token"] < 20
+    missing = CliRunner().invoke(APP, ["eval", "nll", "--model", str(tmp_path / "nope"),
+                                       "--benchmark", "humaneval", "--output", str(out)])
+    assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output

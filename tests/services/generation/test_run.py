@@ -19,7 +19,7 @@ from primer.sandbox import SandboxConfig, run_many
 from primer.storage import open_storage
 from services.generation.config import GenerationSettings
 from services.generation.prompts import request
-from services.generation.run import generate, work_uri
+from services.generation.run import GenerationError, generate, work_uri
 from services.generation.taxonomy import spec_at
 from tests.primer.test_executor import celery_workers
 from tests.services.generation.conftest import config_for
@@ -161,3 +161,20 @@ def test_the_operator_units_then_its_finish_unit_publish_the_dataset(clean_teach
     manifest = open_dataset(out).manifest
     assert finish.result["rows"] == manifest.rows == 12
     assert len({r["id"] for r in open_dataset(out)}) == 12
+
+
+def test_a_teacher_that_never_gives_a_valid_answer(tmp_path):
+    """By default the run fails and says why; with allow_fewer it publishes what there is
+    (here nothing) and the manifest says how many were asked for and how many were valid."""
+    from tests.openai_server import OpenAIServer
+
+    with OpenAIServer(lambda body: "I'm sorry, but I can't help with that.") as server:
+        config = config_for(server, batch_size=4)
+        config.generation.max_specs_factor = 2
+        with pytest.raises(GenerationError, match="only 0 of 3 valid records"):
+            generate("textbooks", 3, str(tmp_path / "strict"), config, LocalExecutor(1))
+        config.generation.allow_fewer = True
+        manifest = generate("textbooks", 3, str(tmp_path / "lenient"), config,
+                            LocalExecutor(1))
+    assert manifest.rows == 0 and manifest.metadata["valid"] == 0
+    assert manifest.metadata["count"] == 3 and manifest.drop_counts["refusal"] > 0
