@@ -11,17 +11,17 @@ limits. The report lands in ``<output>/<benchmark>/summary.json`` (``pass@1`` â€
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from primer.k8s.pytorchjob import name_and_image_problems
 
 API_VERSION = "batch/v1"
 KIND = "Job"
 CONTAINER_NAME = "evaluate"
 BENCHMARKS = ("humaneval", "mbpp")
 RUN_AS_USER = 10001  # the non-root user of docker/Dockerfile
-_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 52  # Job pods are named <job>-<5 chars>; CronJob-style limit keeps it < 63
 
 
@@ -61,13 +61,7 @@ class EvaluationJobSpec:
     """Extra labels for the Job and its pod (e.g. ``app.kubernetes.io/instance``)."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not _NAME.match(self.name) or len(self.name) > _MAX_NAME:
-            problems.append(f"name {self.name!r}: lower-case letters, digits and '-', starting "
-                            f"with a letter, at most {_MAX_NAME} characters")
-        if not self.image or self.image.endswith(":latest") or (
-                ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image):
-            problems.append(f"image {self.image!r}: pin a tag or digest (not :latest)")
+        problems = name_and_image_problems(self.name, self.image, _MAX_NAME)
         if not self.benchmarks or set(self.benchmarks) - set(BENCHMARKS):
             problems.append(f"benchmarks {list(self.benchmarks)}: one or more of "
                             f"{', '.join(BENCHMARKS)}")

@@ -37,6 +37,19 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 50  # pods are named <job>-worker-<i>; keep the result under 63 characters
 
 
+def name_and_image_problems(name: str, image: str, max_name: int) -> list[str]:
+    """What is wrong with a job's name (a DNS label short enough for its pods' names) and
+    image (a pinned tag or digest, never ``:latest``); shared by every builder here."""
+    problems = []
+    if not _NAME.match(name) or len(name) > max_name:
+        problems.append(f"name {name!r}: lower-case letters, digits and '-', starting "
+                        f"with a letter, at most {max_name} characters")
+    if not image or image.endswith(":latest") or (
+            ":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+        problems.append(f"image {image!r}: pin a tag or digest (not :latest)")
+    return problems
+
+
 @dataclass(frozen=True)
 class TrainingJobSpec:
     """Everything that decides the PyTorchJob; the chart's ``trainingJob`` values mirror it."""
@@ -79,13 +92,7 @@ class TrainingJobSpec:
     """Extra labels for the job and its pods."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not _NAME.match(self.name) or len(self.name) > _MAX_NAME:
-            problems.append(f"name {self.name!r}: lower-case letters, digits and '-', starting "
-                            f"with a letter, at most {_MAX_NAME} characters")
-        if not self.image or self.image.endswith(":latest") or (
-                ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image):
-            problems.append(f"image {self.image!r}: pin a tag or digest (not :latest)")
+        problems = name_and_image_problems(self.name, self.image, _MAX_NAME)
         for key in ("data", "output"):
             if not getattr(self, key).startswith("s3://"):
                 problems.append(f"{key} {getattr(self, key)!r}: cluster pods need an s3:// URI")
