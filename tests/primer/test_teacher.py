@@ -9,6 +9,7 @@ import pytest
 
 from primer.teacher import ChatRequest, Teacher, TeacherConfig, TeacherError
 from primer.teacher.cache import request_key
+from tests.checkpoints import tiny_checkpoint
 from tests.openai_server import OpenAIServer, echo_responder
 
 
@@ -130,21 +131,7 @@ def test_request_rate_limit_holds():
 
 def test_local_checkpoint_backend(tmp_path):
     """A transformers checkpoint folder as the teacher: same API, deterministic per seed."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 20,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|eos|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel
-                                                .alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
-    model = PhiForCausalLM(PhiConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=1, num_attention_heads=2,
-                                     max_position_embeddings=256))
-    model.save_pretrained(tmp_path / "ckpt")
-    fast.save_pretrained(tmp_path / "ckpt")
+    tiny_checkpoint(tmp_path / "ckpt")
 
     teacher = Teacher(TeacherConfig(url=str(tmp_path / "ckpt"), model="local-tiny"))
     request = ask("write add", temperature=0.8, max_tokens=12, seed=5)
