@@ -106,6 +106,48 @@ def test_planted_exact_and_near_duplicates_collapse_to_one(src):
         [None, "exact_dup", None, None]
 
 
+
+def test_short_files_have_no_near_signature_and_never_link():
+    hasher = MinHasher(DedupConfig())
+    texts = ["import os\n", "import os\n", "# “x” — 1.5\n", "pass"]  # < 5 words each
+    bands = np.stack([hasher.bands_of(t) for t in texts])
+    assert (bands == 0).all()
+    exact = np.array([exact_key(t) for t in texts], np.uint64)
+    near_only = removal_reasons(cluster(bands, exact, DedupConfig(exact=False)), exact)
+    assert near_only == [None] * 4
+    assert removal_reasons(cluster(bands, exact, DedupConfig()), exact)[1] == "exact_dup"
+
+
+@pytest.mark.parametrize("compat", ["primer", "datatrove"])
+def test_compat_datatrove_signatures_equal_datatrove_minhash(src, tmp_path, compat):
+    import datatrove.pipeline.dedup.minhash as dt  # the peer, in the dev extra
+    import xxhash
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class Split(WordTokenizer):
+        def word_tokenize(self, text):
+            return text.split()
+
+        def sent_tokenize(self, text):
+            return [text]
+
+        def span_tokenize(self, text):
+            raise NotImplementedError
+
+    step = dt.MinhashDedupSignature(output_folder=str(tmp_path), config=dt.MinhashConfig(),
+                                    language=Split())
+    step._hash_func = lambda t: xxhash.xxh64_intdigest(t.encode())
+    hasher = MinHasher(DedupConfig(compat=compat))
+    texts = [p.read_text() for p in sorted((src / "real").iterdir())[:20]]
+    texts.append("Ünïcode “quotes” — dashes, 3,14 et ٣٤ 12.5; ＄ fin\u00a0de\tligne x y z")
+    same = 0
+    for text in texts:
+        ours = hasher.signature(hasher.shingles(text))
+        theirs = np.array(sum(step.get_signature(step.get_shingles(text)), []), np.uint64)
+        same += ours is not None and np.array_equal(ours, theirs)
+    assert same == (len(texts) if compat == "datatrove" else 0)
+
+
 # -- the whole job --------------------------------------------------------------------------
 
 def test_end_to_end_counts_every_reason_and_writes_dataset_report_and_model(reference, src):
