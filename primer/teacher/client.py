@@ -90,6 +90,9 @@ class Usage:
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    latency_s: float = 0.0
+    """Summed wall time of the answered requests (successful attempts, cache hits excluded):
+    latency_s / requests is the teacher's mean latency."""
     cost_usd: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -227,6 +230,7 @@ class Teacher:
             if self._tpm is not None:
                 chars = sum(len(m.get("content", "")) for m in request.messages)
                 await self._tpm.acquire(chars / 4 + request.max_tokens)
+            started = time.monotonic()
             try:
                 text, finish, p_tok, c_tok = await self._call(request)
             except TeacherError:
@@ -247,6 +251,7 @@ class Teacher:
                 continue
             cost = self.cost(p_tok, c_tok)
             self.usage.add(requests=1, prompt_tokens=p_tok, completion_tokens=c_tok,
+                           latency_s=time.monotonic() - started,
                            **({"cost_usd": cost} if cost is not None else {}))
             return Completion(text, finish, p_tok, c_tok, config.model, key, False, attempt)
         self.usage.add(failures=1)

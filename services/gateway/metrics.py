@@ -6,8 +6,8 @@
   runs from their recorded totals, running ones from their last progress refresh;
 - ``primer_tokens_generated{component}``, ``primer_teacher_requests{component}``,
   ``primer_unit_seconds{component}``: totals of finished runs' units (teacher usage from the
-  generation units' results); ``primer_teacher_seconds_per_request`` is unit time over teacher
-  requests, i.e. wall time per request at the configured concurrency.
+  generation units' results); ``primer_teacher_latency_seconds`` is the teacher's mean
+  latency per answered request (the teacher client times each one).
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ class GatewayCollector(Collector):
             for component in COMPONENTS:
                 family.add_metric([component], totals[component][name])
             yield family
-        per_request = GaugeMetricFamily(
-            "primer_teacher_seconds_per_request",
-            "Generation unit seconds per teacher request (finished runs).")
+        latency = GaugeMetricFamily(
+            "primer_teacher_latency_seconds",
+            "Mean teacher latency per answered request (finished generation runs).")
         gen = totals["generation"]
-        per_request.add_metric([], gen["unit_seconds"] / gen["teacher_requests"]
-                               if gen["teacher_requests"] else 0.0)
-        yield per_request
+        latency.add_metric([], gen["teacher_seconds"] / gen["teacher_requests"]
+                           if gen["teacher_requests"] else 0.0)
+        yield latency
 
 
 def _totals(runs: list[dict[str, Any]]) -> dict[str, Counter]:
@@ -71,7 +71,8 @@ def _totals(runs: list[dict[str, Any]]) -> dict[str, Counter]:
         total = totals[run["component"]]
         if stats and "error" not in stats:
             total.update({k: stats.get(k, 0) for k in ("units_done", "tokens_generated",
-                                                       "teacher_requests", "unit_seconds")})
+                                                       "teacher_requests", "unit_seconds",
+                                                       "teacher_seconds")})
         else:
             total["units_done"] += (run.get("progress") or {}).get("units_done", 0)
     return totals

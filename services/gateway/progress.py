@@ -29,7 +29,7 @@ def unit_stats(output: str) -> dict[str, Any]:
     """Totals over every marker: units, seconds, and the teacher's tokens and requests."""
     store, keys = _markers(output)
     stats = {"units_done": len(keys), "unit_seconds": 0.0, "tokens_generated": 0,
-             "teacher_requests": 0}
+             "teacher_requests": 0, "teacher_seconds": 0.0}
     for key in keys:
         marker = json.loads(store.read_text(key))
         stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
@@ -38,6 +38,7 @@ def unit_stats(output: str) -> dict[str, Any]:
         if isinstance(usage, dict):
             stats["tokens_generated"] += int(usage.get("completion_tokens") or 0)
             stats["teacher_requests"] += int(usage.get("requests") or 0)
+            stats["teacher_seconds"] += float(usage.get("latency_s") or 0.0)
     return stats
 
 

@@ -117,6 +117,8 @@ def test_concurrency_is_bounded():
         teacher = make(server, max_concurrency=4)
         asyncio.run(teacher.complete_many([ask(f"q{i}") for i in range(20)]))
     assert server.max_inflight == 4
+    # each request is timed: the server sleeps 0.1 s per answer
+    assert 0.1 <= teacher.usage.latency_s / teacher.usage.requests < 1.0
 
 
 def test_request_rate_limit_holds():

@@ -131,3 +131,20 @@ def test_readyz_fails_while_redis_is_unreachable(tmp_path):
         assert status == 503 and "does not answer" in data["error"]
         status, data, _ = http("GET", f"{url}/v1/runs")
         assert status == 503 and "Redis" in data["error"]
+
+
+def test_teacher_latency_metric_is_the_mean_over_answered_requests(gateway, redis_url):
+    """Finished generation runs carry the teacher client's usage (requests, summed latency);
+    /metrics reports the mean latency per request over them."""
+    from services.gateway.store import RunStore
+
+    url, _ = gateway
+    store = RunStore.from_url(redis_url)
+    for i, (requests, seconds) in enumerate([(4, 2.0), (6, 3.0)]):
+        store.create({"id": f"latency-{i}", "component": "generation", "phase": "Succeeded",
+                      "stats": {"units_done": 1, "teacher_requests": requests,
+                                "teacher_seconds": seconds, "tokens_generated": 10,
+                                "unit_seconds": 9.0}}, created=float(i))
+    text = http("GET", f"{url}/metrics")[1]
+    assert metric(text, "primer_teacher_latency_seconds") == pytest.approx(0.5)
+    assert metric(text, "primer_teacher_requests", component="generation") >= 10
