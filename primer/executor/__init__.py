@@ -15,6 +15,8 @@ from primer.executor.base import (
     UnitOutcome,
     WorkUnit,
     completed_ids,
+    failed_ids,
+    failure_key,
     marker_key,
     read_marker,
     run_unit,
@@ -23,7 +25,8 @@ from primer.executor.local import LocalExecutor
 
 __all__ = [
     "CeleryExecutor", "Executor", "Job", "JobResult", "LocalExecutor", "UnitFailure",
-    "UnitOutcome", "WorkUnit", "completed_ids", "marker_key", "read_marker", "run_unit",
+    "UnitOutcome", "WorkUnit", "completed_ids", "failed_ids", "failure_key", "marker_key",
+    "read_marker", "run_unit",
 ]
 
 

@@ -12,6 +12,7 @@ therefore be published atomically too (``Storage.open_write`` does that).
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import datetime
 import importlib
@@ -40,6 +41,7 @@ from primer.storage import ObjectNotFoundError, Storage, open_storage
 log = logging.getLogger("primer.executor")
 
 MARKERS = "_markers"
+FAILURES = "_failures"
 _UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one storage key segment, no "/"
 _FN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -148,6 +150,19 @@ def marker_key(unit_id: str) -> str:
     return f"{MARKERS}/{unit_id}.json"
 
 
+def failure_key(unit_id: str) -> str:
+    """Where the last failure of a unit is recorded (removed once the unit succeeds), so
+    progress readers (the gateway, the operator) can count failed units without the logs."""
+    return f"{FAILURES}/{unit_id}.json"
+
+
+def failed_ids(state: Storage) -> set[str]:
+    """Ids of the units whose last attempt failed (and that have not succeeded since)."""
+    suffix = ".json"
+    return {o.key[len(FAILURES) + 1:-len(suffix)] for o in state.list(FAILURES + "/")
+            if o.key.endswith(suffix)}
+
+
 def completed_ids(state: Storage) -> set[str]:
     """Ids of every unit with a marker: one listing instead of one lookup per unit."""
     suffix = ".json"
@@ -196,8 +211,17 @@ def run_unit(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutcome:
                  extra={"job": job, "unit": unit.id})
         return UnitOutcome(unit.id, marker.get("result"), skipped=True)
     start = time.monotonic()
-    result = resolve(unit.fn)(**unit.args)
+    try:
+        result = resolve(unit.fn)(**unit.args)
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # recording must not hide the unit's own error
+            state.write_text(failure_key(unit.id), json.dumps({
+                "job": job, "unit": unit.id, "fn": unit.fn, "error": f"{type(exc).__name__}: "
+                f"{exc}", "traceback": traceback.format_exc(), "host": socket.gethostname(),
+                "failed_at": datetime.datetime.now(datetime.UTC).isoformat()}, indent=1))
+        raise
     duration = time.monotonic() - start
+    state.delete(failure_key(unit.id))  # an earlier failure is history now
     state.write_text(marker_key(unit.id), json.dumps({
         "job": job, "unit": unit.id, "fn": unit.fn, "result": result,
         "host": socket.gethostname(), "pid": os.getpid(), "duration_s": round(duration, 3),

@@ -12,12 +12,17 @@ from typing import Any
 from primer.storage import ObjectNotFoundError, open_storage
 
 MARKER_DIR = "/_markers/"
+FAILURE_DIR = "/_failures/"  # primer.executor records a unit's last failure there
+
+
+def _records(output: str, folder: str):
+    store = open_storage(output.rstrip("/") + "/_work")
+    return store, [o.key for o in store.list() if folder in f"/{o.key}"
+                   and o.key.endswith(".json") and "/gateway/" not in f"/{o.key}"]
 
 
 def _markers(output: str):
-    store = open_storage(output.rstrip("/") + "/_work")
-    return store, [o.key for o in store.list() if MARKER_DIR in f"/{o.key}"
-                   and o.key.endswith(".json") and "/gateway/" not in f"/{o.key}"]
+    return _records(output, MARKER_DIR)
 
 
 def units_done(output: str) -> int:
@@ -26,10 +31,12 @@ def units_done(output: str) -> int:
 
 
 def unit_stats(output: str) -> dict[str, Any]:
-    """Totals over every marker: units, seconds, and the teacher's tokens and requests."""
+    """Totals over every marker: units done and failed, seconds, and the teacher's tokens,
+    requests and latency."""
     store, keys = _markers(output)
-    stats = {"units_done": len(keys), "unit_seconds": 0.0, "tokens_generated": 0,
-             "teacher_requests": 0, "teacher_seconds": 0.0}
+    stats = {"units_done": len(keys), "units_failed": len(_records(output, FAILURE_DIR)[1]),
+             "unit_seconds": 0.0, "tokens_generated": 0, "teacher_requests": 0,
+             "teacher_seconds": 0.0}
     for key in keys:
         marker = json.loads(store.read_text(key))
         stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)

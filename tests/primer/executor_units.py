@@ -52,3 +52,10 @@ def slow_first_time(uri: str, unit: str, pause: float) -> int:
             time.sleep(pause)
         f.write(b"second half")
     return attempt
+
+
+def fail_first(uri: str, unit: str) -> str:
+    """Fail on the first attempt, succeed on later ones (a transient error)."""
+    if _record_call(open_storage(uri), unit) == 0:
+        raise RuntimeError("transient failure")
+    return "ok"

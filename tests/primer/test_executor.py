@@ -26,6 +26,8 @@ from primer.executor import (
     LocalExecutor,
     WorkUnit,
     completed_ids,
+    failed_ids,
+    failure_key,
     read_marker,
     run_unit,
 )
@@ -109,11 +111,26 @@ def test_local_failing_unit_is_reported_with_traceback_and_others_complete(tmp_p
     assert "executor_units.py" in failure.traceback and "boom-4711" in failure.traceback
     assert sorted(result.done) == ["sq-0", "sq-1", "sq-2"]
     assert completed_ids(open_storage(uri)) == {"sq-0", "sq-1", "sq-2"}  # no marker for "bad"
+    assert failed_ids(open_storage(uri)) == {"bad"}  # a record progress readers can count
+    record = json.loads(open_storage(uri).read_text(failure_key("bad")))
+    assert record["error"] == "ValueError: boom-4711" and "boom-4711" in record["traceback"]
 
     again = LocalExecutor(workers=workers).run(job, progress=False)
     assert [f.unit_id for f in again.failed] == ["bad"]  # a failure is retried on rerun
     assert sorted(again.skipped) == ["sq-0", "sq-1", "sq-2"] and again.done == []
     assert len(calls(uri, "bad")) == 2
+
+
+def test_a_failure_record_is_removed_when_the_unit_succeeds(tmp_path):
+    uri = str(tmp_path / "s")
+    job = Job("flaky", [unit("fail_first", uri, "flaky")], state_uri=uri)
+    first = LocalExecutor(workers=1).run(job, progress=False)
+    assert [f.unit_id for f in first.failed] == ["flaky"]
+    assert failed_ids(open_storage(uri)) == {"flaky"}
+    second = LocalExecutor(workers=1).run(job, progress=False)
+    assert second.ok and second.results == {"flaky": "ok"}
+    assert failed_ids(open_storage(uri)) == set() and completed_ids(open_storage(uri)) == {
+        "flaky"}
 
 
 def test_local_unit_whose_process_dies_is_a_failure_and_the_rest_run(tmp_path):

@@ -133,18 +133,23 @@ def test_readyz_fails_while_redis_is_unreachable(tmp_path):
         assert status == 503 and "Redis" in data["error"]
 
 
-def test_teacher_latency_metric_is_the_mean_over_answered_requests(gateway, redis_url):
-    """Finished generation runs carry the teacher client's usage (requests, summed latency);
-    /metrics reports the mean latency per request over them."""
+def test_teacher_latency_and_failed_units_metrics(gateway, redis_url):
+    """Finished generation runs carry the teacher client's usage (requests, summed latency)
+    and their failed-unit count; /metrics reports the mean latency and the failures."""
     from services.gateway.store import RunStore
 
     url, _ = gateway
     store = RunStore.from_url(redis_url)
     for i, (requests, seconds) in enumerate([(4, 2.0), (6, 3.0)]):
-        store.create({"id": f"latency-{i}", "component": "generation", "phase": "Succeeded",
-                      "stats": {"units_done": 1, "teacher_requests": requests,
-                                "teacher_seconds": seconds, "tokens_generated": 10,
-                                "unit_seconds": 9.0}}, created=float(i))
+        status, run, _ = http("POST", f"{url}/v1/runs", {
+            "component": "generation", "kind": "textbooks", "count": 2,
+            "teacher_url": "http://teacher:8000/v1"})
+        assert status == 201, run
+        # what the driver records when the run ends (see services/gateway/driver.py)
+        store.update(run["id"], phase="Succeeded", stats={
+            "units_done": 1, "units_failed": i, "teacher_requests": requests,
+            "teacher_seconds": seconds, "tokens_generated": 10, "unit_seconds": 9.0})
     text = http("GET", f"{url}/metrics")[1]
     assert metric(text, "primer_teacher_latency_seconds") == pytest.approx(0.5)
     assert metric(text, "primer_teacher_requests", component="generation") >= 10
+    assert metric(text, "primer_units_failed", component="generation") >= 1

@@ -68,6 +68,8 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
 
         text = http("GET", f"{url}/metrics")[1]
         assert metric(text, "primer_queue_length", queue=queue) == 0
+        # the broken run's failing unit left a failure record that the metrics count
+        assert metric(text, "primer_units_failed", component="curation") >= 1
         assert metric(text, "primer_runs", component="curation", phase="Succeeded") >= 1
         assert metric(text, "primer_units_done", component="curation") >= 6  # 6 stages
         missing = cli("runs", "get", "run-ffffffffffff", "--gateway", url)
