@@ -55,8 +55,7 @@ def submit_evaluation_job(spec, name, namespace, body, status, patch, **_):
     except kopf.PermanentError as e:
         finish(patch, "Failed", str(e))
         raise
-    kopf.append_owner_reference(job, owner=body)
-    kube.create(job, "jobs")
+    kube.create_owned(job, "jobs", body)
     if not (status or {}).get("job"):
         start(patch, "Running", f"Job {name} created", job=name, progress="evaluating")
 

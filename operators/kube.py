@@ -91,3 +91,10 @@ def delete(api_version: str, plural: str, namespace: str, name: str) -> None:
             raise _fail("delete", f"{plural} {namespace}/{name}", e) from e
     except (HTTPError, OSError) as e:
         raise _fail("delete", f"{plural} {namespace}/{name}", e) from e
+
+
+def create_owned(child: dict[str, Any], plural: str, owner: dict[str, Any]) -> None:
+    """Create ``child`` owned by the run ``owner`` (deleted with it by the garbage
+    collector); an existing child is fine, so a resumed handler can call this again."""
+    kopf.append_owner_reference(child, owner=owner)
+    create(child, plural)

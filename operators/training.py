@@ -53,8 +53,7 @@ def submit_pytorchjob(spec, name, namespace, body, status, patch, **_):
     except kopf.PermanentError as e:
         finish(patch, "Failed", str(e))
         raise
-    kopf.append_owner_reference(job, owner=body)
-    kube.create(job, PLURAL)
+    kube.create_owned(job, PLURAL, body)
     if not (status or {}).get("job"):
         start(patch, "Pending", f"PyTorchJob {name} created", job=name, progress="submitted")
 
@@ -137,8 +136,7 @@ def evaluate_checkpoints(spec: TrainingSpec, name, namespace, body, step, status
     evaluated = list((status or {}).get("evaluatedSteps") or [])
     for s in steps_to_evaluate(step, spec.evaluate_every, evaluated):
         run = evaluation_run_for(spec, name, namespace, s)
-        kopf.append_owner_reference(run, owner=body)
-        kube.create(run, "evaluationruns")
+        kube.create_owned(run, "evaluationruns", body)
         evaluated.append(s)
     patch.status["evaluatedSteps"] = evaluated
 
