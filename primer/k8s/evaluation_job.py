@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from primer.k8s.pytorchjob import name_and_image_problems
+from primer.k8s.pytorchjob import name_and_image_problems, pod_env
 
 API_VERSION = "batch/v1"
 KIND = "Job"
@@ -111,13 +111,7 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
     if spec.gpus:
         resources["requests"]["nvidia.com/gpu"] = str(spec.gpus)
         resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
-    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
-                                 {"name": "PYTHONUNBUFFERED", "value": "1"}]
-    if spec.s3_endpoint:
-        env.append({"name": "PRIMER_S3_ENDPOINT", "value": spec.s3_endpoint})
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret,
-                                                                "key": key}}})
+    env = pod_env(spec.s3_endpoint, spec.s3_secret)
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

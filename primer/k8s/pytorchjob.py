@@ -153,13 +153,15 @@ def _command(spec: TrainingJobSpec) -> list[str]:
     return command
 
 
-def _env(spec: TrainingJobSpec) -> list[dict[str, Any]]:
+def pod_env(s3_endpoint: str | None, s3_secret: str) -> list[dict[str, Any]]:
+    """The environment of every Primer job pod: a writable HOME, unbuffered logs, and the S3
+    endpoint and credentials (from a Secret, never inline); shared by every builder here."""
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},  # root fs is read-only
                                  {"name": "PYTHONUNBUFFERED", "value": "1"}]
-    if spec.s3_endpoint:
-        env.append({"name": "PRIMER_S3_ENDPOINT", "value": spec.s3_endpoint})
+    if s3_endpoint:
+        env.append({"name": "PRIMER_S3_ENDPOINT", "value": s3_endpoint})
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret,
+        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3_secret,
                                                                 "key": key}}})
     return env
 
@@ -178,7 +180,7 @@ def _replica(spec: TrainingJobSpec, replicas: int, labels: Mapping[str, str]) ->
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": _command(spec),
-        "env": _env(spec),
+        "env": pod_env(spec.s3_endpoint, spec.s3_secret),
         "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
