@@ -18,12 +18,15 @@ Prompt formats (configurable in :class:`BenchmarkConfig`):
   + all three asserts (setup after the code: tasks 367 and 927 need the code's classes;
   the sanitized variant's ``test_imports`` go first, unseen by the model).
 
-MBPP comes from, in order: ``mbpp_path``, ``$PRIMER_MBPP_PATH``, ``<repo>/../shared/data/mbpp``
-(a checkout's shared data), else the hub (``google-research-datasets/mbpp`` via ``datasets``).
+MBPP comes from, in order: ``mbpp_path``, ``$PRIMER_MBPP_PATH``, else the copy shipped in this
+package (``primer/data/mbpp``, CC BY 4.0, each file's sha256 checked at load). The hub is read
+only when asked for by name: ``mbpp_path="hf:google-research-datasets/mbpp"``.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,8 +62,9 @@ class BenchmarkConfig(ConfigModel):
     mbpp_split: Literal["prompt", "test", "validation", "train", "all"] = Field(
         "test", description="MBPP split by task_id; test = 11-510, what papers report.")
     mbpp_path: str | None = Field(None, description=(
-        "Local MBPP file (mbpp.jsonl or sanitized-mbpp.json); default: $PRIMER_MBPP_PATH, "
-        "then ../shared/data/mbpp beside the repo, then the Hugging Face hub."))
+        "MBPP file (mbpp.jsonl or sanitized-mbpp.json) or folder holding it; "
+        "'hf:<dataset>' reads the Hugging Face hub (e.g. hf:google-research-datasets/mbpp). "
+        "Default: $PRIMER_MBPP_PATH, else the copy shipped with Primer."))
 
 
 @dataclass(frozen=True)
@@ -147,28 +151,59 @@ def _humaneval(config: BenchmarkConfig) -> Benchmark:
     return Benchmark("humaneval", problems)
 
 
-def default_mbpp_path(variant: str = "full") -> Path | None:
-    """The local MBPP file, if there is one: ``$PRIMER_MBPP_PATH`` or the shared data dir."""
+#: The copy shipped as package data (Austin et al. 2021, CC BY 4.0; see its README.md).
+PACKAGED_MBPP = Path(__file__).resolve().parent / "data" / "mbpp"
+#: sha256 of each upstream file, uncompressed (google-research/google-research, mbpp/).
+MBPP_SHA256 = {
+    "mbpp.jsonl": "0b7004a79cd62d9ec7ecdd5a6e5f0ef1210ff00b286df3c5d5b57bf38c58e19a",
+    "sanitized-mbpp.json": "ca95deaa9a01ef0a6f439f88bcf0dd3db3563d22f22aad6cae04ebb9a8d8c8e9",
+}
+HUB_PREFIX = "hf:"
+
+
+def _mbpp_file_in(folder: Path, variant: str) -> Path:
+    """The variant's file in ``folder``: plain, else gzipped (as shipped)."""
     name = "mbpp.jsonl" if variant == "full" else "sanitized-mbpp.json"
+    plain = folder / name
+    return plain if plain.exists() else folder / f"{name}.gz"
+
+
+def default_mbpp_path(variant: str = "full") -> Path:
+    """Where MBPP is read from by default: ``$PRIMER_MBPP_PATH``, else the packaged copy."""
     if os.environ.get("PRIMER_MBPP_PATH"):
         env = Path(os.environ["PRIMER_MBPP_PATH"])
-        return env / name if env.is_dir() else env
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mbpp" / name
-    return shared if shared.exists() else None
+        return _mbpp_file_in(env, variant) if env.is_dir() else env
+    return _mbpp_file_in(PACKAGED_MBPP, variant)
+
+
+def _read_mbpp_text(path: Path) -> str:
+    """A local MBPP file's text; the packaged copy is checked against the upstream sha256."""
+    if not path.exists():
+        raise BenchmarkError(f"{path}: MBPP file not found (set benchmarks.mbpp_path or "
+                             "PRIMER_MBPP_PATH, or unset them to use the packaged copy)")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+        name = path.name.removesuffix(".gz")
+        digest = hashlib.sha256(raw).hexdigest()
+        if name in MBPP_SHA256 and digest != MBPP_SHA256[name]:
+            raise BenchmarkError(f"{path}: sha256 {digest} is not upstream's {MBPP_SHA256[name]}"
+                                 " (a damaged install: reinstall primer)")
+    return raw.decode("utf-8")
 
 
 def _mbpp_records(config: BenchmarkConfig) -> list[dict]:
-    path = Path(config.mbpp_path) if config.mbpp_path else default_mbpp_path(config.mbpp_variant)
-    if path is None:  # users without a local copy: the hub
+    where = config.mbpp_path
+    if where and where.startswith(HUB_PREFIX):  # only on request: needs the network
         import datasets
 
-        ds = datasets.load_dataset("google-research-datasets/mbpp", config.mbpp_variant)
+        ds = datasets.load_dataset(where.removeprefix(HUB_PREFIX), config.mbpp_variant)
         return [dict(r) for split in ds.values() for r in split]
-    if not path.exists():
-        raise BenchmarkError(f"{path}: MBPP file not found (set benchmarks.mbpp_path or "
-                             "PRIMER_MBPP_PATH)")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+    path = Path(where) if where else default_mbpp_path(config.mbpp_variant)
+    if path.is_dir():
+        path = _mbpp_file_in(path, config.mbpp_variant)
+    text = _read_mbpp_text(path)
+    if path.name.removesuffix(".gz").endswith(".json"):
         return json.loads(text)
     records = []
     for n, line in enumerate(text.splitlines(), 1):

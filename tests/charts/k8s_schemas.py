@@ -1,10 +1,10 @@
-"""Validation against real schemas: kubernetes-validate for built-in kinds, the upstream CRDs in
-``<repo>/../shared/k8s-schemas`` (override: ``PRIMER_K8S_SCHEMAS``) for PyTorchJob and KEDA."""
+"""Validation against real schemas: kubernetes-validate for built-in kinds, the upstream CRDs kept
+in ``tests/schemas`` (pinned tags and licences in its README) for PyTorchJob, KEDA and skaffold."""
 
 from __future__ import annotations
 
 import copy
-import os
+import hashlib
 import shutil
 from functools import cache
 from pathlib import Path
@@ -28,12 +28,29 @@ CRD_FILES = {
 }
 
 
-def schemas_dir() -> Path:
-    path = Path(os.environ.get("PRIMER_K8S_SCHEMAS") or REPO.parent / "shared" / "k8s-schemas")
-    if not (path / CRD_FILES[("kubeflow.org/v1", "PyTorchJob")]).is_file():
-        pytest.fail(f"reference schemas not found in {path}: clone the shared/ folder beside "
-                    "the repository or set PRIMER_K8S_SCHEMAS", pytrace=False)
-    return path
+SCHEMAS = REPO / "tests" / "schemas"
+#: The upstream files' sha256 (see tests/schemas/README.md): an edited copy fails loudly.
+SCHEMA_SHA256 = {
+    "kubeflow.org_pytorchjobs.yaml":
+        "8b8a8a719cc94173169290251e817f7ac2bb425c20b6c2fa813397bcf4e932ed",
+    "keda.sh_scaledobjects.yaml":
+        "af35555862a83933b074af14ad439c4b4ceabaf4daa3e9338e9b23e36d308d80",
+    "keda.sh_triggerauthentications.yaml":
+        "275307b4cb19ca8f0f506a879282aa4c67587ac16ec757f494d6585c5c185d65",
+    "skaffold-v4beta14.schema.json":
+        "7c29a621995d2c6143d3c423c8e3d3dfb25703a49fd1cf77644b54168414b39e",
+}
+
+
+def schema_text(name: str) -> str:
+    """One reference schema's text, checked against its pinned upstream sha256."""
+    data = (SCHEMAS / name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SCHEMA_SHA256[name]:
+        pytest.fail(f"{SCHEMAS / name}: sha256 {digest} is not the pinned upstream "
+                    f"{SCHEMA_SHA256[name]}; restore the file (tests/schemas/README.md)",
+                    pytrace=False)
+    return data.decode()
 
 
 def helm() -> str:
@@ -71,7 +88,7 @@ def _strict(schema: Any) -> Any:
 
 @cache
 def crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((schemas_dir() / CRD_FILES[(api_version, kind)]).read_text())
+    crd = yaml.safe_load(schema_text(CRD_FILES[(api_version, kind)]))
     version = api_version.split("/")[1]
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])

@@ -329,8 +329,8 @@ def test_skaffold_config_is_valid():
 
     import jsonschema
 
-    from tests.charts.k8s_schemas import schemas_dir
-    schema = json.loads((schemas_dir() / "skaffold-v4beta14.schema.json").read_text())
+    from tests.charts.k8s_schemas import schema_text
+    schema = json.loads(schema_text("skaffold-v4beta14.schema.json"))
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     jsonschema.Draft7Validator(schema).validate(config)
     assert {p["name"] for p in config["profiles"]} == {"dev", "gpu"}

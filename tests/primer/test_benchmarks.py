@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
 from primer.benchmarks import (
+    PACKAGED_MBPP,
     BenchmarkConfig,
     BenchmarkError,
+    default_mbpp_path,
     load_benchmark,
     parse_benchmarks,
 )
@@ -62,3 +65,32 @@ def test_unknown_names_and_task_ids_are_clear_errors():
     assert parse_benchmarks(" HumanEval , mbpp") == ["humaneval", "mbpp"]
     with pytest.raises(BenchmarkError, match="unknown task_id 'HumanEval/999'"):
         load_benchmark("humaneval").get("HumanEval/999")
+
+
+def test_mbpp_ships_with_primer_and_loads_offline(monkeypatch):
+    # A user's clone has no sibling data folder and may have no network: the packaged copy.
+    monkeypatch.delenv("PRIMER_MBPP_PATH", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert default_mbpp_path("full") == PACKAGED_MBPP / "mbpp.jsonl.gz"
+    full = load_benchmark("mbpp", BenchmarkConfig(mbpp_split="all"))
+    sanitized = load_benchmark("mbpp", BenchmarkConfig(mbpp_variant="sanitized",
+                                                       mbpp_split="all"))
+    assert (len(full), len(sanitized)) == (974, 427)
+    assert "CC BY 4.0" in (PACKAGED_MBPP / "README.md").read_text()
+
+
+def test_a_damaged_packaged_copy_is_refused_by_its_sha256(tmp_path, monkeypatch):
+    data = gzip.decompress((PACKAGED_MBPP / "mbpp.jsonl.gz").read_bytes())
+    damaged = tmp_path / "mbpp.jsonl.gz"
+    damaged.write_bytes(gzip.compress(data.replace(b"remove_Occ", b"remove_OCC", 1)))
+    monkeypatch.setenv("PRIMER_MBPP_PATH", str(tmp_path))
+    with pytest.raises(BenchmarkError, match=r"mbpp.jsonl.gz: sha256 [0-9a-f]{64} is not "):
+        load_benchmark("mbpp")
+
+
+def test_the_hub_is_read_only_when_asked_for_by_name(monkeypatch):
+    monkeypatch.delenv("PRIMER_MBPP_PATH", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    load_benchmark("mbpp")  # the default never touches the network
+    with pytest.raises(Exception, match="(?i)offline|hub|connect"):
+        load_benchmark("mbpp", BenchmarkConfig(mbpp_path="hf:google-research-datasets/mbpp"))
