@@ -13,26 +13,37 @@
 
 A dropped row counts once in the manifest's ``drop_counts``, under the first method (in the
 order above) that matched; the report lists every match with its score.
+
+The rows are split into work units (``rows_per_unit`` rows of one shard each), run by the local
+process pool or Celery workers (``--executor celery``); each unit streams its rows in
+``batch_size`` chunks, so its memory does not grow with the dataset. The AST test compares only
+against references whose length can reach τ (the reference set is sorted by length) with a
+compiled, banded Levenshtein distance (rapidfuzz) on token sequences mapped to characters.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import json
+import math
 import re
+import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import Field
+from rapidfuzz.distance import Levenshtein
 
 from primer.benchmarks import BenchmarkConfig, Problem, load_benchmark, parse_benchmarks
 from primer.cli import command_config
-from primer.config import ConfigModel, config_hash
-from primer.datasets import DatasetWriter, Producer, open_dataset
+from primer.config import ConfigModel, RedisConfig, config_hash
+from primer.datasets import Producer, ShardInfo, commit_dataset, open_dataset, write_shard
+from primer.executor import Executor, Job, LocalExecutor, WorkUnit
 from primer.storage import open_storage
 
 METHODS = ("ngram", "ast", "embedding")
@@ -56,10 +67,19 @@ class DecontaminationConfig(ConfigModel):
         "Encoder for the embedding test: minilm (the offline all-MiniLM-L6-v2) or a path."))
     text_column: str = Field("text", description="Column holding the training text.")
     batch_size: int = Field(64, gt=0, description="Rows embedded at a time.")
+    rows_per_unit: int = Field(4096, gt=0, description=(
+        "Rows of one shard per work unit (the unit of parallelism and of a retry)."))
 
 
 class DecontaminateCommandConfig(ConfigModel):
     """Root config of ``primer decontaminate``."""
+
+    executor: Literal["local", "celery"] = Field("local", description=(
+        "local process pool or Celery workers (redis.url)."))
+    workers: int | None = Field(None, ge=1, description=(
+        "Local worker processes (default: all cores)."))
+    redis: RedisConfig = Field(default_factory=RedisConfig, description=(
+        "Work queue connection (executor=celery)."))
 
     decontaminate: DecontaminationConfig = Field(default_factory=DecontaminationConfig,
                                                  description="The tests and thresholds.")
@@ -127,37 +147,39 @@ def code_units(text: str) -> Iterator[list[str]]:
                 yield ast_tokens(node)
 
 
-def edit_distance_within(a: Sequence[Any], b: Sequence[Any], k: int) -> int | None:
-    """Levenshtein distance of ``a`` and ``b`` if it is at most ``k``, else None (banded)."""
-    la, lb = len(a), len(b)
-    if abs(la - lb) > k:
-        return None
-    inf = k + 1
-    prev = [j if j <= k else inf for j in range(lb + 1)]
-    for i in range(1, la + 1):
-        cur = [inf] * (lb + 1)
-        cur[0] = i if i <= k else inf
-        ai, best = a[i - 1], cur[0]
-        for j in range(max(1, i - k), min(lb, i + k) + 1):
-            v = prev[j - 1] + (ai != b[j - 1])
-            if prev[j] + 1 < v:
-                v = prev[j] + 1
-            if cur[j - 1] + 1 < v:
-                v = cur[j - 1] + 1
-            cur[j] = v
-            if v < best:
-                best = v
-        if best > k:
-            return None
-        prev = cur
-    return prev[lb] if prev[lb] <= k else None
+class TokenAlphabet:
+    """Maps AST tokens to single characters, so a token sequence becomes a ``str`` and the
+    compiled Levenshtein distance runs on it at string speed."""
+
+    def __init__(self) -> None:
+        self._chars: dict[str, str] = {}
+
+    def encode(self, tokens: Sequence[str]) -> str:
+        chars = self._chars
+        out = []
+        for t in tokens:
+            c = chars.get(t)
+            if c is None:
+                n = len(chars) + 0x100
+                c = chars[t] = chr(n + 0x800 if n >= 0xD800 else n)  # skip the surrogates
+            out.append(c)
+        return "".join(out)
 
 
 def ast_similarity(a: Sequence[Any], b: Sequence[Any], tau: float) -> float | None:
-    """``1 - lev/max(len)`` when it reaches ``tau``, else None."""
+    """``1 - lev/max(len)`` when it reaches ``tau``, else None (a banded distance: the
+    computation stops once the distance exceeds what τ allows)."""
     longest = max(len(a), len(b))
-    d = edit_distance_within(a, b, int((1 - tau) * longest + 1e-9))
-    return None if d is None else 1 - d / longest
+    k = int((1 - tau) * longest + 1e-9)
+    if abs(len(a) - len(b)) > k:
+        return None
+    d = Levenshtein.distance(a, b, score_cutoff=k)
+    return None if d > k else 1 - d / longest
+
+
+def length_window(n: int, tau: float) -> tuple[int, int]:
+    """Lengths ``m`` for which ``1 - |n-m|/max(n, m) >= tau`` is possible."""
+    return math.ceil(tau * n - 1e-9), math.floor(n / tau + 1e-9)
 
 
 # -- the index of benchmark problems --------------------------------------------------------
@@ -202,26 +224,31 @@ class ContaminationIndex:
     def __init__(self, problems: Sequence[Problem], config: DecontaminationConfig):
         self.config, self.problems = config, list(problems)
         self.ngrams: dict[tuple[str, ...], set[str]] = defaultdict(set)
-        self.asts: list[tuple[str, list[str]]] = []
+        self.alphabet = TokenAlphabet()
+        asts: list[tuple[int, str, str]] = []
         for p in self.problems:
             for g in _ngrams(p.solution_text, config.ngram):
                 self.ngrams[g].add(p.task_id)
             for units in code_units(p.solution_text):
                 if len(units) >= config.ast_min_tokens:
-                    self.asts.append((p.task_id, units))
+                    asts.append((len(units), p.task_id, self.alphabet.encode(units)))
+        asts.sort()  # by length: a row is compared only with references τ can match
+        self.ast_lengths = [n for n, _, _ in asts]
+        self.asts = [(tid, seq) for _, tid, seq in asts]
         self.encoder = self.embeddings = None
         if "embedding" in config.methods:
             self.encoder = Encoder(config.encoder)
             texts = [p.solution_text for p in self.problems]
-            self.embeddings = self.torch_cat(
-                [self.encoder.encode(texts[i:i + config.batch_size])
-                 for i in range(0, len(texts), config.batch_size)])
+            self.embeddings = self._encode(texts)
 
-    @staticmethod
-    def torch_cat(parts):
+    def _encode(self, texts: Sequence[str]):
+        """Embeddings of ``texts``, ``batch_size`` at a time (one forward pass over thousands
+        of rows would hold every activation at once)."""
         import torch
 
-        return torch.cat(parts)
+        step = self.config.batch_size
+        return torch.cat([self.encoder.encode(texts[i:i + step])
+                          for i in range(0, len(texts), step)])
 
     def _ngram(self, text: str) -> list[Match]:
         shared: dict[str, int] = defaultdict(int)
@@ -232,11 +259,16 @@ class ContaminationIndex:
 
     def _ast(self, text: str) -> list[Match]:
         best: dict[str, float] = {}
+        tau = self.config.tau
         for units in code_units(text):
             if len(units) < self.config.ast_min_tokens:
                 continue
-            for tid, ref in self.asts:
-                s = ast_similarity(units, ref, self.config.tau)
+            seq = self.alphabet.encode(units)
+            lo, hi = length_window(len(seq), tau)
+            for j in range(bisect.bisect_left(self.ast_lengths, lo),
+                           bisect.bisect_right(self.ast_lengths, hi)):
+                tid, ref = self.asts[j]
+                s = ast_similarity(seq, ref, tau)
                 if s is not None and s > best.get(tid, -1):
                     best[tid] = s
         return [Match("ast", tid, round(s, 4)) for tid, s in best.items()]
@@ -250,7 +282,7 @@ class ContaminationIndex:
             if "ast" in self.config.methods:
                 out[i] += self._ast(text)
         if self.encoder is not None and texts:
-            sims = self.encoder.encode(texts) @ self.embeddings.T  # (texts, problems)
+            sims = self._encode(texts) @ self.embeddings.T  # (texts, problems)
             for i, j in (sims >= self.config.embedding_threshold).nonzero().tolist():
                 out[i].append(Match("embedding", self.problems[j].task_id,
                                     round(float(sims[i, j]), 4)))
@@ -261,47 +293,139 @@ def load_problems(against: Sequence[str], config: BenchmarkConfig) -> list[Probl
     return [p for name in against for p in load_benchmark(name, config).problems.values()]
 
 
-def decontaminate(input_uri: str, against: Sequence[str], config: DecontaminateCommandConfig,
-                  output_uri: str | None = None, report_uri: str | None = None
-                  ) -> dict[str, Any]:
-    """Match every row of the dataset at ``input_uri``; with ``output_uri``, write the rows
-    that matched nothing. Returns counts; the report is JSONL, one line per flagged row."""
-    cfg = config.decontaminate
-    index = ContaminationIndex(load_problems(against, config.benchmarks), cfg)
+_INDEXES: dict[str, ContaminationIndex] = {}
+
+
+def _index(against: Sequence[str], config: DecontaminateCommandConfig) -> ContaminationIndex:
+    """The index for this config, built once per worker process (it loads an encoder)."""
+    key = json.dumps([list(against), config.decontaminate.model_dump(mode="json"),
+                      config.benchmarks.model_dump(mode="json")], sort_keys=True)
+    if key not in _INDEXES:
+        _INDEXES[key] = ContaminationIndex(load_problems(against, config.benchmarks),
+                                           config.decontaminate)
+    return _INDEXES[key]
+
+
+def decontaminate_unit(input_uri: str, shard: str, part: int, first_row: int,
+                       against: list[str], config: dict[str, Any], work_uri: str,
+                       output_uri: str | None) -> dict[str, Any]:
+    """One work unit: rows ``[part * rows_per_unit, …)`` of one shard. Writes the kept rows
+    as an output shard and the flagged rows as JSONL, both atomically."""
+    cfg = DecontaminateCommandConfig.model_validate(config)
+    dc = cfg.decontaminate
+    index = _index(against, cfg)
     dataset = open_dataset(input_uri)
-    writer = DatasetWriter(output_uri, Producer("decontaminate", config_hash(config)),
-                           overwrite=True) if output_uri else None
+    (info,) = [s for s in dataset.manifest.shards if s.name == shard]
+    pf = dataset._parquet(info)
+    kept: list[dict[str, Any]] = []
     flagged: list[dict[str, Any]] = []
     counts: dict[str, int] = defaultdict(int)
-    row_no = 0
-    for batch in dataset.iter_batches():
-        rows = batch.to_pylist()
-        if rows and cfg.text_column not in rows[0]:
-            raise ValueError(f"{input_uri}: no {cfg.text_column!r} column "
-                             f"(columns: {sorted(rows[0])})")
-        for row, matches in zip(rows, index.match([r[cfg.text_column] or "" for r in rows]),
+    row_no = first_row
+    schema = pf.schema_arrow
+    try:
+        unit_rows = pf.iter_batches(batch_size=dc.rows_per_unit)
+        for _ in range(part):  # earlier units' rows: decoded and thrown away, one at a time
+            next(unit_rows)
+        batch = next(unit_rows, None)
+        rows = batch.to_pylist() if batch is not None else []
+    finally:
+        pf.close()
+    if rows and dc.text_column not in rows[0]:
+        raise ValueError(f"{input_uri}: no {dc.text_column!r} column "
+                         f"(columns: {sorted(rows[0])})")
+    for i in range(0, len(rows), dc.batch_size):
+        chunk = rows[i:i + dc.batch_size]
+        for row, matches in zip(chunk, index.match([r[dc.text_column] or "" for r in chunk]),
                                 strict=True):
             if matches:
                 reason = f"contaminated_{matches[0].method}"
                 counts[reason] += 1
                 flagged.append({"row": row_no, "id": row.get("id"), "reason": reason,
-                                "matches": [m.__dict__ for m in matches]})
-                if writer:
-                    writer.drop(reason)
-            elif writer:
-                writer.write(row)
+                                "matches": [asdict(m) for m in matches]})
+            else:
+                kept.append(row)
             row_no += 1
-    if writer:
-        writer.metadata.update({"decontaminated_against": list(against), "tau": cfg.tau})
-        writer.close()
+    name = f"{shard.removesuffix('.parquet')}-{part:05d}"
+    open_storage(f"{work_uri}/flagged").write_text(
+        f"{name}.jsonl", "".join(json.dumps(f) + "\n" for f in flagged))
+    out = None
+    if output_uri and kept:
+        out = asdict(write_shard(output_uri, f"{name}.parquet", kept, schema))
+    return {"name": name, "rows": len(rows), "shard": out, "drop_counts": dict(counts)}
+
+
+def plan_units(input_uri: str, against: Sequence[str], config: DecontaminateCommandConfig,
+               work_uri: str, output_uri: str | None) -> list[WorkUnit]:
+    """Every (shard, row range) of the input as a work unit, in row order."""
+    dataset = open_dataset(input_uri)
+    per = config.decontaminate.rows_per_unit
+    units, first = [], 0
+    for shard in dataset.manifest.shards:
+        for part in range(max(1, math.ceil(shard.rows / per))):
+            units.append(WorkUnit(
+                f"{shard.name.removesuffix('.parquet')}-{part:05d}",
+                "services.curation.decontaminate:decontaminate_unit",
+                {"input_uri": input_uri, "shard": shard.name, "part": part,
+                 "first_row": first + part * per, "against": list(against),
+                 "config": config.model_dump(mode="json"), "work_uri": work_uri,
+                 "output_uri": output_uri}))
+        first += shard.rows
+    return units
+
+
+def make_executor(config: DecontaminateCommandConfig) -> Executor:
+    if config.executor == "celery":
+        from primer.executor import CeleryExecutor
+
+        return CeleryExecutor(config.redis.url)
+    return LocalExecutor(workers=config.workers)
+
+
+def decontaminate(input_uri: str, against: Sequence[str], config: DecontaminateCommandConfig,
+                  output_uri: str | None = None, report_uri: str | None = None, *,
+                  executor: Executor | None = None, progress: bool = False
+                  ) -> dict[str, Any]:
+    """Match every row of the dataset at ``input_uri``; with ``output_uri``, write the rows
+    that matched nothing. Returns counts; the report is JSONL, one line per flagged row.
+
+    Resumable: with ``output_uri`` the units' markers live under ``<output>/_work`` and a
+    rerun skips finished units. Report-only runs work in a temporary folder."""
+    cfg = config.decontaminate
+    temp = None if output_uri else tempfile.TemporaryDirectory(prefix="primer-decontam-")
+    work_uri = f"{output_uri.rstrip('/')}/_work" if output_uri else temp.name
+    try:
+        units = plan_units(input_uri, against, config, work_uri, output_uri)
+        job = Job("decontaminate", units, f"{work_uri}/state")
+        result = (executor or make_executor(config)).run(job, progress=progress)
+        if not result.ok:
+            first = result.failed[0]
+            raise RuntimeError(f"{len(result.failed)} of {len(units)} decontamination units "
+                               f"failed; first: {first.unit_id}: {first.error}")
+        parts = [result.results[u.id] for u in units]
+        counts: dict[str, int] = defaultdict(int)
+        for part in parts:
+            for reason, n in part["drop_counts"].items():
+                counts[reason] += n
+        flags = open_storage(f"{work_uri}/flagged")
+        flagged = [json.loads(line) for part in parts
+                   for line in flags.read_text(f"{part['name']}.jsonl").splitlines()]
+        if output_uri:
+            commit_dataset(output_uri, [ShardInfo(**p["shard"]) for p in parts if p["shard"]],
+                           Producer("decontaminate", config_hash(config)),
+                           drop_counts=counts, columns=open_dataset(input_uri).manifest.columns,
+                           metadata={"decontaminated_against": list(against), "tau": cfg.tau})
+    finally:
+        if temp is not None:
+            temp.cleanup()
     report_uri = report_uri or (f"{output_uri.rstrip('/')}/_decontamination.jsonl"
                                 if output_uri else None)
     if report_uri:
         base, _, name = report_uri.rstrip("/").rpartition("/")
         open_storage(base or ".").write_text(
             name, "".join(json.dumps(f) + "\n" for f in flagged))
-    return {"rows": row_no, "flagged": len(flagged), "drop_counts": dict(counts),
-            "report": report_uri, "matches": flagged}
+    rows = sum(p["rows"] for p in parts)
+    return {"rows": rows, "flagged": len(flagged), "drop_counts": dict(counts),
+            "report": report_uri, "matches": flagged, "units": len(units)}
 
 
 def decontaminate_command(
@@ -315,6 +439,9 @@ def decontaminate_command(
     report: Annotated[str | None, typer.Option(
         help="Matches as JSONL (default with --output: <output>/_decontamination.jsonl).")]
     = None,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="local (process pool) or celery (workers over redis.url).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
 ) -> None:
     """Find training rows that match HumanEval/MBPP (13-gram, AST τ, embeddings); prune them.
 
@@ -323,12 +450,15 @@ def decontaminate_command(
     config = command_config(ctx, DecontaminateCommandConfig)
     if tau is not None:
         config.decontaminate.tau = tau
+    for key, value in {"executor": executor, "workers": workers}.items():
+        if value is not None:
+            setattr(config, key, value)
     try:
         names = parse_benchmarks(against)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
-    result = decontaminate(input, names, config, output, report)
+    result = decontaminate(input, names, config, output, report, progress=True)
     typer.echo(f"{result['flagged']} of {result['rows']} rows match {', '.join(names)}: "
                + (", ".join(f"{k} {v}" for k, v in sorted(result["drop_counts"].items()))
                   or "none"))

@@ -9,13 +9,25 @@ from typer.testing import CliRunner
 
 from primer.benchmarks import load_benchmark
 from primer.cli import build_app
-from primer.datasets import Producer, open_dataset, write_dataset
+from primer.datasets import (
+    Producer,
+    ShardInfo,
+    commit_dataset,
+    open_dataset,
+    write_dataset,
+    write_shard,
+)
+from primer.executor import LocalExecutor
 from services.curation.decontaminate import (
     ContaminationIndex,
+    DecontaminateCommandConfig,
     DecontaminationConfig,
+    TokenAlphabet,
     ast_similarity,
     ast_tokens,
-    edit_distance_within,
+    code_units,
+    decontaminate,
+    length_window,
 )
 
 APP = build_app(plugins=[EntryPoint("decontaminate",
@@ -64,10 +76,44 @@ def test_ast_tokens_ignore_names_and_docstrings_but_not_structure():
     b = ast_tokens(__import__("ast").parse("def g(y):\n    return y + 1\n"))
     c = ast_tokens(__import__("ast").parse("def g(y):\n    return y - 1\n"))
     assert a == b and a != c
-    assert edit_distance_within("kitten", "sitting", 3) == 3
-    assert edit_distance_within("kitten", "sitting", 2) is None
+    assert ast_similarity("kitten", "sitting", 0.5) == 1 - 3 / 7
+    assert ast_similarity("kitten", "sitting", 0.8) is None
     assert ast_similarity(list(range(100)), [*range(99), -1], 0.95) == 0.99
     assert ast_similarity(list(range(100)), list(range(90)), 0.95) is None
+
+
+def levenshtein(a, b) -> int:
+    """The textbook dynamic programme: the oracle the compiled distance must agree with."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def test_compiled_similarity_and_length_index_agree_with_the_plain_definition():
+    # Real AST sequences: every benchmark reference against lightly edited copies of others.
+    seqs = [u for p in list(load_benchmark("humaneval").problems.values())[:16]
+            for u in code_units(p.solution_text) if len(u) >= 24]
+    alphabet = TokenAlphabet()
+    edited = [s[:len(s) // 2] + ["Pass"] + s[len(s) // 2 + 1:] for s in seqs[::3]]
+    checked = hits = 0
+    for tau in (0.95, 0.8):
+        for a in seqs[:12] + edited:
+            for b in seqs:
+                longest = max(len(a), len(b))
+                plain = 1 - levenshtein(a, b) / longest
+                want = plain if plain >= tau else None
+                got = ast_similarity(alphabet.encode(a), alphabet.encode(b), tau)
+                assert got == want or abs(got - want) < 1e-12, (tau, a[:5], b[:5])
+                lo, hi = length_window(len(a), tau)
+                if want is not None:  # the index's window never hides a real match
+                    assert lo <= len(b) <= hi
+                    hits += 1
+                checked += 1
+    assert checked > 500 and hits > len(seqs)
 
 
 def test_index_flags_planted_solutions_and_not_unrelated_code():
@@ -110,3 +156,34 @@ def test_cli_filter_mode_writes_the_pruned_dataset_with_reason_counts(tmp_path):
     assert [r["id"] for r in report] == ["p0", "p1", "p2"]
     assert all(m["score"] > 0 for r in report for m in r["matches"])
     assert "3 of 6 rows match" in result.output
+
+
+def test_units_split_rows_and_give_the_findings_of_one_pass(tmp_path):
+    # Two shards, three rows a unit: five units; kept rows, counts and report equal the
+    # single-unit run, with rows numbered across the whole dataset.
+    rows = [{"id": f"p{i}", "text": t} for i, t in enumerate(planted())]
+    rows += [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]
+    rows += [{"id": f"x{i}", "text": f"x = {i}\n"} for i in range(3)]
+    src = tmp_path / "in"
+    shards = [write_shard(str(src), "part-00000.parquet", rows[:4]),
+              write_shard(str(src), "part-00001.parquet", rows[4:])]
+    commit_dataset(str(src), [ShardInfo(**s.__dict__) for s in shards], Producer("test"))
+
+    def run(rows_per_unit: int, out: str) -> dict:
+        cfg = DecontaminateCommandConfig.model_validate(
+            {"decontaminate": {"methods": ["ngram", "ast"], "tau": 0.9,
+                               "rows_per_unit": rows_per_unit}})
+        return decontaminate(str(src), ["humaneval", "mbpp"], cfg, str(tmp_path / out),
+                             executor=LocalExecutor(workers=2))
+
+    split, whole = run(3, "split"), run(100, "whole")
+    assert (split["units"], whole["units"]) == (4, 2)
+    assert split["drop_counts"] == whole["drop_counts"] == {"contaminated_ast": 2,
+                                                             "contaminated_ngram": 1}
+    assert [m["row"] for m in split["matches"]] == [0, 1, 2]
+    assert split["matches"] == whole["matches"]
+    ids = [[r["id"] for r in open_dataset(str(tmp_path / d))] for d in ("split", "whole")]
+    assert ids[0] == ids[1] == ["u0", "u1", "u2", "x0", "x1", "x2"]
+    # a rerun skips every finished unit and publishes the same dataset
+    again = run(3, "split")
+    assert again["matches"] == split["matches"]
