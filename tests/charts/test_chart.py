@@ -719,6 +719,8 @@ def test_each_s3_user_reaches_only_its_prefixes(rendered):
     for reader in ("gateway", "operator"):
         assert not _can_write(policies[reader], "primer/runs/x/curation/y")
     assert not _may(policies["gateway"], "s3:ListBucket", prefix="")  # no bucket-wide listing
+    assert not _can_read(policies["gateway"], "primer/shards/phi1/part-00000.bin")
+    assert _can_read(policies["gateway"], _key(gen["output"]) + "/_work/done/u1")
 
 
 def test_bucket_job_creates_each_user_with_its_policy(rendered, tmp_path):
