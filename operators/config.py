@@ -21,7 +21,10 @@ class OperatorConfig:
     evaluation_image: str
     """Default evaluation Job image (``PRIMER_EVALUATION_IMAGE``)."""
     s3_secret: str
-    """Secret with the S3 keys that children mount (``PRIMER_S3_CREDENTIALS``)."""
+    """Secret with the S3 keys that PyTorchJobs mount (``PRIMER_S3_CREDENTIALS``)."""
+    evaluation_s3_secret: str
+    """Secret with the S3 keys that evaluation Jobs mount, scoped to what evaluation reads and
+    writes (``PRIMER_S3_CREDENTIALS_EVALUATION``, default ``PRIMER_S3_CREDENTIALS``)."""
     s3_endpoint: str | None
     """``PRIMER_S3_ENDPOINT`` passed on to children; None: AWS S3."""
     teacher_url: str
@@ -39,7 +42,9 @@ class OperatorConfig:
             curation_queue=env("PRIMER_CURATION_QUEUE", "curation"),
             training_image=env("PRIMER_TRAINING_IMAGE", "ghcr.io/primer-ml/primer-train:0.1.0"),
             evaluation_image=env("PRIMER_EVALUATION_IMAGE", "ghcr.io/primer-ml/primer:0.1.0"),
-            s3_secret=env("PRIMER_S3_CREDENTIALS", "primer-s3"),
+            s3_secret=env("PRIMER_S3_CREDENTIALS", "primer-s3-training"),
+            evaluation_s3_secret=env("PRIMER_S3_CREDENTIALS_EVALUATION")
+            or env("PRIMER_S3_CREDENTIALS", "primer-s3-evaluation"),
             s3_endpoint=env("PRIMER_S3_ENDPOINT") or None,
             teacher_url=env("PRIMER_TEACHER_URL", ""),
             instance=env("PRIMER_RELEASE") or None,

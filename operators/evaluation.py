@@ -34,7 +34,8 @@ def evaluation_job_for(spec: EvaluationSpec, name: str, namespace: str,
         job_spec = EvaluationJobSpec(
             name=name, image=spec.image or config.evaluation_image, checkpoint=spec.checkpoint,
             output=spec.output, benchmarks=tuple(spec.benchmarks), samples=spec.samples,
-            namespace=namespace, s3_secret=config.s3_secret, s3_endpoint=config.s3_endpoint,
+            namespace=namespace, s3_secret=config.evaluation_s3_secret,
+            s3_endpoint=config.s3_endpoint,
             cpu=spec.cpu, memory=spec.memory, gpus=spec.gpus,
             active_deadline_seconds=spec.active_deadline_seconds,
             backoff_limit=spec.backoff_limit, labels=config.child_labels(name))

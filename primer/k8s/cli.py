@@ -114,7 +114,9 @@ def submit(
     = None,
     namespace: Namespace = None,
     s3_secret: Annotated[str, typer.Option(help="Secret with AWS_ACCESS_KEY_ID and "
-                                           "AWS_SECRET_ACCESS_KEY.")] = "primer-s3",
+                                           "AWS_SECRET_ACCESS_KEY (the chart's training user: "
+                                           "<release>-primer-s3-training).")]
+    = "primer-s3-training",
     s3_endpoint: Annotated[str | None, typer.Option(
         help="PRIMER_S3_ENDPOINT inside the pods, e.g. http://primer-minio:9000.")] = None,
     cpu: Annotated[str, typer.Option(help="CPU per pod.")] = "8",

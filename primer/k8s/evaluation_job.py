@@ -43,8 +43,10 @@ class EvaluationJobSpec:
     """Samples per problem (``generation.n_samples``)."""
     namespace: str | None = None
     """Namespace; None leaves it to the client."""
-    s3_secret: str = "primer-s3"
-    """Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``."""
+    s3_secret: str = "primer-s3-evaluation"
+    """Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (the chart's
+    evaluation user, ``<release>-primer-s3-evaluation``, scoped to what evaluation reads and
+    writes)."""
     s3_endpoint: str | None = None
     """``PRIMER_S3_ENDPOINT``; None: AWS S3."""
     cpu: str = "4"

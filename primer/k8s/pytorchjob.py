@@ -72,8 +72,9 @@ class TrainingJobSpec:
     """Stop after this many optimizer steps (default: the preset's)."""
     namespace: str | None = None
     """Namespace; None leaves it to the client (kubeconfig context / in-cluster namespace)."""
-    s3_secret: str = "primer-s3"
-    """Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``."""
+    s3_secret: str = "primer-s3-training"
+    """Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (the chart's training
+    user, ``<release>-primer-s3-training``; never MinIO's root user)."""
     s3_endpoint: str | None = None
     """``PRIMER_S3_ENDPOINT`` (e.g. ``http://primer-minio:9000``); None: AWS S3."""
     cpu: str = "8"

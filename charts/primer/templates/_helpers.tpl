@@ -47,13 +47,75 @@ app.kubernetes.io/part-of: primer
 {{- end }}
 {{- end }}
 
-{{/* S3 ------------------------------------------------------------------------------------ */}}
-{{- define "primer.s3SecretName" -}}
-{{- if .Values.minio.enabled -}}
-{{ .Values.minio.existingSecret | default (printf "%s-s3" (include "primer.fullname" .)) }}
+{{/* Secrets generated once and kept: an upgrade reads the live Secret back (Helm's lookup),
+     so a password never changes under running pods. (dict "root" $ "name" … "key" … "length" N)
+     → the base64 value for data.<key>. `helm template` has no cluster: a fresh value each time. */}}
+{{- define "primer.keptSecretValue" -}}
+{{- $live := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- if and $live $live.data (hasKey $live.data .key) -}}
+{{ index $live.data .key }}
 {{- else -}}
-{{ required "externalS3.existingSecret is required when minio.enabled is false" .Values.externalS3.existingSecret }}
+{{ randAlphaNum (int .length) | b64enc }}
 {{- end }}
+{{- end }}
+
+{{/* S3 ------------------------------------------------------------------------------------ */}}
+{{/* The components that get S3 credentials of their own (minio.users, externalS3.componentSecrets). */}}
+{{- define "primer.s3Components" -}}
+gateway operator curation generation evaluation training
+{{- end }}
+
+{{/* MinIO's root user: only MinIO itself and the bucket Job ever mount it. */}}
+{{- define "primer.s3RootSecretName" -}}
+{{ .Values.minio.existingSecret | default (printf "%s-s3" (include "primer.fullname" .)) }}
+{{- end }}
+
+{{/* A component's S3 credentials: (dict "root" $ "component" "evaluation"). */}}
+{{- define "primer.s3SecretName" -}}
+{{- $root := .root }}
+{{- if $root.Values.minio.enabled -}}
+{{ include "primer.fullname" $root }}-s3-{{ .component }}
+{{- else -}}
+{{ index $root.Values.externalS3.componentSecrets .component | default $root.Values.externalS3.existingSecret | required (printf "externalS3.existingSecret (or externalS3.componentSecrets.%s) is required when minio.enabled is false" .component) }}
+{{- end }}
+{{- end }}
+
+{{/* storageRoot s3://bucket/prefix → bucket, and prefix without slashes at either end. */}}
+{{- define "primer.storageBucket" -}}
+{{ (splitn "/" 2 (trimPrefix "s3://" .Values.storageRoot))._0 }}
+{{- end }}
+
+{{- define "primer.storagePrefix" -}}
+{{ (splitn "/" 2 (trimPrefix "s3://" .Values.storageRoot))._1 | default "" | trimAll "/" }}
+{{- end }}
+
+{{/* A component's MinIO policy (IAM JSON): (dict "root" $ "access" {read: […], write: […]}).
+     Prefixes are relative to storageRoot; each becomes "<root prefix>/<prefix>*". */}}
+{{- define "primer.s3Policy" -}}
+{{- $bucket := include "primer.storageBucket" .root }}
+{{- $base := include "primer.storagePrefix" .root }}
+{{- $keys := dict "read" list "write" list }}
+{{- range $kind := list "read" "write" }}
+{{- range (index $.access $kind) }}
+{{- $key := printf "%s*" . }}
+{{- if $base }}{{ $key = printf "%s/%s*" $base . }}{{ end }}
+{{- $_ := set $keys $kind (append (index $keys $kind) $key) }}
+{{- end }}
+{{- end }}
+{{- $readable := concat $keys.read $keys.write }}
+{{- $objects := list }}
+{{- range $readable }}{{ $objects = append $objects (printf "arn:aws:s3:::%s/%s" $bucket .) }}{{ end }}
+{{- $statements := list (dict "Effect" "Allow" "Action" (list "s3:GetBucketLocation") "Resource" (list (printf "arn:aws:s3:::%s" $bucket))) }}
+{{- if $readable }}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:ListBucket") "Resource" (list (printf "arn:aws:s3:::%s" $bucket)) "Condition" (dict "StringLike" (dict "s3:prefix" $readable))) }}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:GetObject") "Resource" $objects) }}
+{{- end }}
+{{- if $keys.write }}
+{{- $writable := list }}
+{{- range $keys.write }}{{ $writable = append $writable (printf "arn:aws:s3:::%s/%s" $bucket .) }}{{ end }}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:PutObject" "s3:DeleteObject" "s3:AbortMultipartUpload" "s3:ListMultipartUploadParts") "Resource" $writable) }}
+{{- end }}
+{{- dict "Version" "2012-10-17" "Statement" $statements | toPrettyJson }}
 {{- end }}
 
 {{- define "primer.s3Endpoint" -}}
@@ -81,8 +143,31 @@ http://{{ include "primer.fullname" . }}-minio.{{ .Release.Namespace }}.svc:9000
 {{- if .Values.redis.enabled }}0{{ else }}{{ .Values.redis.external.db }}{{ end }}
 {{- end }}
 
+{{/* The Secret with the Redis password: the generated one in the cluster, else the external
+     one (empty: an external Redis without a password). */}}
 {{- define "primer.redisPasswordSecret" -}}
-{{- if not .Values.redis.enabled }}{{ .Values.redis.external.existingSecret }}{{ end }}
+{{- if .Values.redis.enabled }}{{ include "primer.fullname" . }}-redis{{ else }}{{ .Values.redis.external.existingSecret }}{{ end }}
+{{- end }}
+
+{{- define "primer.redisPasswordKey" -}}
+{{- if .Values.redis.enabled }}password{{ else }}{{ .Values.redis.external.passwordKey }}{{ end }}
+{{- end }}
+
+{{/* The gateway's bearer token: the user's Secret, or the one the chart generates. */}}
+{{- define "primer.gatewayTokenSecret" -}}
+{{ .Values.gateway.auth.existingSecret | default (printf "%s-gateway-token" (include "primer.fullname" .)) }}
+{{- end }}
+
+{{/* NetworkPolicy egress rule: name resolution through the cluster DNS. */}}
+{{- define "primer.dnsEgress" -}}
+- to:
+    - namespaceSelector: {}
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
 {{- end }}
 
 {{/* Teacher ------------------------------------------------------------------------------- */}}
@@ -95,26 +180,30 @@ http://{{ include "primer.fullname" . }}-teacher.{{ .Release.Namespace }}.svc:80
 {{- end }}
 
 {{/* The environment every Primer process shares: storage, queue, teacher. Credentials come
-     only from Secrets; the Redis password is spliced into the URL by Kubernetes' $(VAR). */}}
+     only from Secrets, each component's own S3 user; the Redis password is spliced into the
+     URL by Kubernetes' $(VAR). (dict "root" $ "component" "gateway" ["s3" "gateway"]) */}}
 {{- define "primer.env" -}}
+{{- $root := .root }}
+{{- $s3 := include "primer.s3SecretName" (dict "root" $root "component" (.s3 | default .component)) }}
 - name: HOME
   value: /tmp
 - name: PRIMER_DATA
-  value: {{ .Values.storageRoot | quote }}
-{{- with include "primer.s3Endpoint" . }}
+  value: {{ $root.Values.storageRoot | quote }}
+{{- with include "primer.s3Endpoint" $root }}
 - name: PRIMER_S3_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ include "primer.s3SecretName" . }}
+      name: {{ $s3 }}
       key: AWS_ACCESS_KEY_ID
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "primer.s3SecretName" . }}
+      name: {{ $s3 }}
       key: AWS_SECRET_ACCESS_KEY
+{{- with $root }}
 {{- $auth := "" }}
 {{- with include "primer.redisPasswordSecret" . }}
 {{- $auth = ":$(REDIS_PASSWORD)@" }}
@@ -122,7 +211,7 @@ http://{{ include "primer.fullname" . }}-teacher.{{ .Release.Namespace }}.svc:80
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ $.Values.redis.external.passwordKey }}
+      key: {{ include "primer.redisPasswordKey" $root }}
 {{- end }}
 - name: PRIMER_REDIS_URL
   value: {{ printf "redis://%s%s:%s/%s" $auth (include "primer.redisHost" .) (include "primer.redisPort" .) (include "primer.redisDb" .) | quote }}
@@ -132,12 +221,16 @@ http://{{ include "primer.fullname" . }}-teacher.{{ .Release.Namespace }}.svc:80
 - name: PRIMER_TEACHER_URL
   value: {{ . | quote }}
 {{- end }}
-{{- with .Values.teacher.apiKeySecret }}
+{{- end }}
+{{- /* Only the workers that call the teacher hold its key. */}}
+{{- if eq .component "generation" }}
+{{- with $root.Values.teacher.apiKeySecret }}
 - name: OPENAI_API_KEY
   valueFrom:
     secretKeyRef:
       name: {{ . }}
       key: OPENAI_API_KEY
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -190,7 +283,7 @@ spec:
                     "--prefetch-multiplier", "1", "--hostname", "{{ .component }}@%h",
                     "--loglevel", "INFO"]
           env:
-            {{- include "primer.env" $root | nindent 12 }}
+            {{- include "primer.env" . | nindent 12 }}
             - name: PRIMER_CELERY_QUEUE
               value: {{ $v.queue | quote }}
           resources:
