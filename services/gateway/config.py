@@ -1,15 +1,18 @@
-"""The gateway's settings, from the environment the chart sets.
+"""The gateway's settings, from the environment the chart sets (defaults in brackets):
 
-| variable | meaning | default |
-|---|---|---|
-| ``PRIMER_REDIS_URL`` | run records, rate-limit counters, the Celery broker | ``redis://localhost:6379/0`` |
-| ``PRIMER_GATEWAY_TOKEN`` | bearer token required on ``/v1/*`` | none: no auth |
-| ``PRIMER_DATA`` | storage root: runs write under ``<root>/runs/<run id>/`` and may read under it | ``./primer-data`` |
-| ``PRIMER_GATEWAY_INPUT_ROOTS`` | more prefixes runs may read (comma-separated URIs; ``hf:`` admits Hugging Face datasets) | none |
-| ``PRIMER_GATEWAY_ENDPOINTS`` | OpenAI-compatible base URLs a run may name (``teacher_url``, ``api_base``), comma-separated | none: the workers' own teacher only |
-| ``PRIMER_GATEWAY_MAX_BODY_BYTES`` | largest request body, refused (413) before it is read | 262144 |
-| ``PRIMER_GATEWAY_RATE_LIMIT`` | ``/v1/*`` requests per minute per token (per client address without auth); 0: off | 600 |
-| ``PRIMER_GATEWAY_QUEUE_<COMPONENT>`` | Celery queue per component | the component's name |
+- ``PRIMER_REDIS_URL``: run records, rate-limit counters, the Celery broker
+  [``redis://localhost:6379/0``];
+- ``PRIMER_GATEWAY_TOKEN``: bearer token required on ``/v1/*`` [none: no auth];
+- ``PRIMER_DATA``: the storage root; a run writes only under ``<root>/runs/<run id>/`` and
+  may read under the root [``./primer-data``];
+- ``PRIMER_GATEWAY_INPUT_ROOTS``: more prefixes runs may read, comma-separated URIs; ``hf:``
+  admits Hugging Face datasets as curation inputs [none];
+- ``PRIMER_GATEWAY_ENDPOINTS``: OpenAI-compatible base URLs a run may name as
+  ``teacher_url`` or ``api_base``, comma-separated [none: the workers' own teacher only];
+- ``PRIMER_GATEWAY_MAX_BODY_BYTES``: largest request body, refused (413) unread [262144];
+- ``PRIMER_GATEWAY_RATE_LIMIT``: ``/v1/*`` requests a minute per token (per client address
+  without auth), then 429 with Retry-After; 0 turns it off [600];
+- ``PRIMER_GATEWAY_QUEUE_<COMPONENT>``: Celery queue per component [the component's name].
 """
 
 from __future__ import annotations

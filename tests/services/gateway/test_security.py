@@ -33,7 +33,7 @@ class Listener:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 owner.requests.append((self.path, self.headers.get("Authorization")))
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = b'{"error": {"message": "no", "type": "invalid_request_error"}}'
@@ -43,7 +43,7 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST  # noqa: N815
+            do_GET = do_POST
 
             def log_message(self, *args):
                 pass
