@@ -11,6 +11,13 @@ no half-dataset behind: readers of a prefix without a manifest get a clear error
 silent partial read. Each shard's size, row count and sha256 are in the manifest and are
 checked on open (size, Parquet footer) and, with ``verify(deep=True)``, byte for byte.
 
+A dataset may come from someone else, so reading one trusts nothing in it: a shard (or the
+manifest) that is a symbolic link leading out of the dataset's folder is refused; each
+shard's columns must be the manifest's; and a shard may decode to at most
+``PRIMER_MAX_SHARD_BYTES`` (default 4 GiB) and, past 64 MiB, to at most
+``PRIMER_MAX_SHARD_EXPANSION`` (default 1000) times its size on disk, so a small file that
+decompresses to gigabytes (a Parquet "zip bomb") is stopped with an error, not read.
+
 Parallel producers write shards on their own (:func:`write_shard`, one or more per work
 unit) and one coordinator publishes them with :func:`commit_dataset`. A single process can
 use :class:`DatasetWriter`, which does both.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,11 +40,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from primer.storage import ObjectNotFoundError, Storage, StorageError, open_storage
+from primer.storage.local import LocalStorage
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
 ROWS_PER_SHARD = 50_000
+MAX_SHARD_BYTES = 4 << 30  # decoded bytes per shard (PRIMER_MAX_SHARD_BYTES)
+MAX_EXPANSION = 1000.0  # decoded / on-disk bytes (PRIMER_MAX_SHARD_EXPANSION) ...
+EXPANSION_FLOOR = 64 << 20  # ... for shards decoding to more than this
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9._-]+\.parquet$")
+_PLAIN_NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]+$")
 
 
 class DatasetError(StorageError):
@@ -91,6 +104,11 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise DatasetError(f"{where}: manifest schema_version {version!r} is not supported "
                                f"(this Primer reads version {SCHEMA_VERSION})")
+        names = [s.get("name") for s in raw.get("shards") or [] if isinstance(s, dict)]
+        bad = [n for n in names if not isinstance(n, str) or not _PLAIN_NAME.match(n)]
+        if bad:
+            raise DatasetError(f"{where}: shard names must be plain file names inside the "
+                               f"dataset, not {bad[0]!r}")
         try:
             return cls(
                 rows=int(raw["rows"]),
@@ -267,8 +285,21 @@ def write_dataset(uri: str | Storage, records: Iterable[Mapping[str, Any]], prod
 
 # -- reading ------------------------------------------------------------------------------------
 
+def _inside(store: Storage, key: str) -> None:
+    """Refuse a local object reached through a symbolic link that leaves the dataset (S3 has
+    no links). Links inside the folder are fine."""
+    if not isinstance(store, LocalStorage):
+        return
+    root = os.path.realpath(store.root)
+    real = os.path.realpath(store.url(key))
+    if os.path.commonpath([root, real]) != root:
+        raise DatasetError(f"{store.url(key)} is a symbolic link to {real}, outside the "
+                           f"dataset {root}: refusing to read it")
+
+
 def read_manifest(uri: str | Storage) -> Manifest:
     store = uri if isinstance(uri, Storage) else open_storage(uri)
+    _inside(store, MANIFEST)
     try:
         text = store.read_text(MANIFEST)
     except ObjectNotFoundError:
@@ -281,11 +312,20 @@ def read_manifest(uri: str | Storage) -> Manifest:
 
 
 class Dataset:
-    """A committed dataset: its manifest and streaming access to its rows."""
+    """A committed dataset: its manifest and streaming access to its rows.
 
-    def __init__(self, uri: str | Storage):
+    ``max_shard_bytes`` and ``max_expansion`` bound what one shard may decode to (defaults:
+    ``PRIMER_MAX_SHARD_BYTES``, ``PRIMER_MAX_SHARD_EXPANSION``, see the module docstring).
+    """
+
+    def __init__(self, uri: str | Storage, *, max_shard_bytes: int | None = None,
+                 max_expansion: float | None = None):
         self.store = uri if isinstance(uri, Storage) else open_storage(uri)
         self.uri = self.store.uri
+        self.max_shard_bytes = max_shard_bytes or int(
+            _env_number("PRIMER_MAX_SHARD_BYTES", MAX_SHARD_BYTES))
+        self.max_expansion = max_expansion or _env_number("PRIMER_MAX_SHARD_EXPANSION",
+                                                          MAX_EXPANSION)
         self.manifest = read_manifest(self.store)
         for shard in self.manifest.shards:
             self._check_size(shard)
@@ -294,6 +334,7 @@ class Dataset:
         return self.manifest.rows
 
     def _check_size(self, shard: ShardInfo) -> None:
+        _inside(self.store, shard.name)
         try:
             size = self.store.stat(shard.name).size
         except ObjectNotFoundError:
@@ -304,6 +345,8 @@ class Dataset:
                                f"says {shard.bytes}: truncated or replaced")
 
     def _parquet(self, shard: ShardInfo) -> pq.ParquetFile:
+        """The shard opened, its row count, columns and declared decoded size checked."""
+        _inside(self.store, shard.name)
         f = self.store.open_read(shard.name)
         try:
             pf = pq.ParquetFile(f)
@@ -311,19 +354,64 @@ class Dataset:
             f.close()
             raise DatasetError(f"{self.store.url(shard.name)} is not a readable Parquet file: "
                                f"{exc}") from None
-        if pf.metadata.num_rows != shard.rows:
+        try:
+            if pf.metadata.num_rows != shard.rows:
+                raise DatasetError(f"{self.store.url(shard.name)} has {pf.metadata.num_rows} "
+                                   f"rows but the manifest says {shard.rows}")
+            self._check_columns(shard, pf.schema_arrow)
+            meta = pf.metadata
+            self._check_decoded(shard, sum(meta.row_group(i).total_byte_size
+                                           for i in range(meta.num_row_groups)), "declares")
+        except DatasetError:
             f.close()
-            raise DatasetError(f"{self.store.url(shard.name)} has {pf.metadata.num_rows} rows "
-                               f"but the manifest says {shard.rows}")
+            raise
         return pf
+
+    def _check_columns(self, shard: ShardInfo, schema: pa.Schema) -> None:
+        """The shard's columns must be the manifest's (a column of nulls fits any type)."""
+        want = self.manifest.columns
+        if not want:
+            return
+        have = {f.name: str(f.type) for f in schema}
+        problems = [f"no column {c!r}" for c in want if c not in have]
+        problems += [f"an extra column {c!r}" for c in have if c not in want]
+        problems += [f"{c!r} is {have[c]}, not {want[c]}" for c in want
+                     if c in have and have[c] != want[c] and "null" not in (have[c], want[c])]
+        if problems:
+            raise DatasetError(f"{self.store.url(shard.name)} does not match the manifest's "
+                               f"columns: it has {'; '.join(problems)}")
+
+    def _check_decoded(self, shard: ShardInfo, decoded: int, how: str) -> None:
+        """Refuse a shard that decodes to more than the limits allow."""
+        if decoded > self.max_shard_bytes:
+            limit = f"PRIMER_MAX_SHARD_BYTES={self.max_shard_bytes}"
+        elif decoded > EXPANSION_FLOOR and decoded > self.max_expansion * shard.bytes:
+            limit = (f"{self.max_expansion:g} times its {shard.bytes} bytes on disk, "
+                     "PRIMER_MAX_SHARD_EXPANSION")
+        else:
+            return
+        raise DatasetError(f"{self.store.url(shard.name)} {how} {decoded} bytes of data, "
+                           f"more than a shard may decode to ({limit}): a decompression "
+                           "bomb or a shard too large; refusing to read it")
 
     def iter_batches(self, columns: list[str] | None = None,
                      batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
         """Stream record batches, shard by shard, in manifest order."""
+        if columns is not None and self.manifest.columns:
+            unknown = [c for c in columns if c not in self.manifest.columns]
+            if unknown:
+                raise DatasetError(f"{self.uri} has no column {unknown[0]!r} (its columns: "
+                                   f"{', '.join(self.manifest.columns)})")
         for shard in self.manifest.shards:
             pf = self._parquet(shard)
+            decoded = 0
             try:
-                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+                # the footer can understate what a page decodes to (dictionary / RLE runs),
+                # so the batches themselves are counted too
+                for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                    decoded += batch.nbytes
+                    self._check_decoded(shard, decoded, "decodes to")
+                    yield batch
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DatasetError(f"{self.store.url(shard.name)}: corrupt data: {exc}") \
                     from None
@@ -372,6 +460,20 @@ def _arrow_type(name: str) -> pa.DataType:
         return pa.string()
 
 
-def open_dataset(uri: str | Storage) -> Dataset:
-    """Open a committed dataset; raises :class:`DatasetError` when it is missing or corrupt."""
-    return Dataset(uri)
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DatasetError(f"{name}={raw!r} must be a number") from None
+    if value <= 0:
+        raise DatasetError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def open_dataset(uri: str | Storage, **limits: Any) -> Dataset:
+    """Open a committed dataset; raises :class:`DatasetError` when it is missing or corrupt.
+    ``limits``: ``max_shard_bytes``, ``max_expansion`` (see :class:`Dataset`)."""
+    return Dataset(uri, **limits)

@@ -2,20 +2,32 @@
 
 Both return, per prompt, ``n`` completions cut at the benchmark's stop sequences; greedy when
 temperature is 0 (pass@1), sampled otherwise (pass@k).
+
+The API backend sends a key from the environment to ``api_base``; which variable is a config
+setting, so it must look like an API key's (``*_API_KEY``): a config can then never ship
+the worker's other secrets (``AWS_SECRET_ACCESS_KEY``, the Redis password) to an endpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
+from urllib.parse import urlparse
 
 from primer.benchmarks import Benchmark
 from services.evaluation.config import GenerationConfig
 
 log = logging.getLogger("primer.eval")
+#: Variables an API key may be read from.
+API_KEY_ENV = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")
+
+
+class BackendError(ValueError):
+    """The backend's settings are unusable or unsafe; the message names the setting."""
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -98,8 +110,7 @@ class OpenAIBackend:
         from openai import OpenAI
 
         self.model, self.config = model, config
-        self.client = OpenAI(base_url=config.api_base,
-                             api_key=os.environ.get(config.api_key_env) or "unused",
+        self.client = OpenAI(base_url=_endpoint(config.api_base or ""), api_key=_api_key(config),
                              max_retries=config.retries, timeout=config.request_timeout_s)
 
     def _one(self, prompt: str, stop: Sequence[str], n: int) -> list[str]:
@@ -116,6 +127,24 @@ class OpenAIBackend:
     def complete(self, prompts: Sequence[str], stop: Sequence[str], n: int) -> list[list[str]]:
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             return list(pool.map(lambda p: self._one(p, stop, n), prompts))
+
+
+def _endpoint(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or \
+            parsed.username or parsed.password:
+        raise BackendError(f"generation.api_base={url!r}: use an http(s)://host[:port]/… URL "
+                           "without credentials in it")
+    return url
+
+
+def _api_key(config: GenerationConfig) -> str:
+    name = config.api_key_env
+    if not API_KEY_ENV.match(name):
+        raise BackendError(f"generation.api_key_env={name!r}: the API key must come from a "
+                           "variable named *_API_KEY (e.g. OPENAI_API_KEY); other variables "
+                           "hold other secrets, which are never sent to an endpoint")
+    return os.environ.get(name) or "unused"
 
 
 def make_backend(model: str, config: GenerationConfig) -> Backend:

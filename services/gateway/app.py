@@ -10,6 +10,9 @@
 
 A run is one ``primer.run_unit`` task on its component's queue (see ``driver.py``); its
 record lives in Redis (``store.py``). Settings come from the environment (``config.py``).
+Before any body is parsed, ``guard.py`` checks the token, the rate limit and the body size;
+before a run is enqueued, ``policy.py`` checks what it asks for (overrides on its kind's
+allow-list, endpoints the operator listed, inputs and outputs inside the storage roots).
 """
 
 from __future__ import annotations
@@ -19,24 +22,26 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
 from primer.executor import WorkUnit
 from primer.executor.celery_app import TASK_NAME, CeleryConfig, make_app
-from services.gateway.auth import bearer_auth
-from services.gateway.commands import command, default_output
+from services.gateway import policy
+from services.gateway.auth import bearer_scheme
+from services.gateway.commands import command
 from services.gateway.config import COMPONENTS, GatewayConfig
 from services.gateway.driver import DRIVER_FN
+from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
 from services.gateway.models import TERMINAL, ErrorBody, Phase, Run, RunList, RunSpec
 from services.gateway.progress import units_done
 from services.gateway.store import RunStore, now
 
 RUN_ID = r"^run-[0-9a-f]{12}$"
-ERRORS = {401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429, 503)}
 
 
 def create_app(config: GatewayConfig | None = None) -> FastAPI:
@@ -47,8 +52,10 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     registry.register(GatewayCollector(store, config))
     app = FastAPI(title="Primer gateway", version="1",
                   description="Submit and watch curation, generation and evaluation runs.")
+    limiter = RateLimiter(store.client, config.rate_limit) if config.rate_limit else None
+    app.add_middleware(Guard, config=config, limiter=limiter)
     # No token, no security scheme: the spec then says what the server does.
-    auth = [Depends(bearer_auth(config.token))] if config.token else []
+    auth = [Security(bearer_scheme)] if config.token else []
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -61,6 +68,13 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         return JSONResponse({"error": exc.detail, "fields": []}, exc.status_code,
                             headers=exc.headers)
 
+    @app.exception_handler(RunRefused)
+    async def _refused(_: Request, exc: RunRefused) -> JSONResponse:
+        fields = [{"field": f, "message": m} for f, m in exc.problems]
+        text = "; ".join(f"{f}: {m}" for f, m in exc.problems)
+        return JSONResponse({"error": f"refused by this gateway's policy: {text}",
+                             "fields": fields}, 422)
+
     @app.exception_handler(redis.RedisError)
     async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse({"error": f"the run store (Redis) is unavailable: {exc}",
@@ -69,8 +83,10 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     @app.post("/v1/runs", status_code=201, response_model=Run, dependencies=auth,
               responses=ERRORS, summary="Submit a run")
     def submit(spec: RunSpec, response: Response) -> dict[str, Any]:
+        if problems := policy.check(spec, config):
+            raise RunRefused(problems)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
-        output = spec.output or default_output(config.storage_root, run_id, spec.component)
+        output = policy.run_output(config, run_id, spec)
         argv = command(spec, output)
         queue = config.queues[spec.component]
         task_id = str(uuid.uuid4())
@@ -146,6 +162,14 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
 
     app.state.store, app.state.celery = store, celery
     return app
+
+
+class RunRefused(Exception):
+    """A valid spec that asks for what this gateway does not allow (``policy.check``)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__(problems)
+        self.problems = problems
 
 
 def _field(loc: tuple) -> str:

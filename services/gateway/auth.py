@@ -1,28 +1,28 @@
-"""Bearer-token auth for ``/v1/*`` when ``PRIMER_GATEWAY_TOKEN`` is set (from a Secret)."""
+"""Bearer-token auth for ``/v1/*`` when ``PRIMER_GATEWAY_TOKEN`` is set (from a Secret).
+
+The check runs in :mod:`services.gateway.guard`, before a request's body is read; the routes
+only declare the scheme, so the OpenAPI spec says what the server does.
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from fastapi import HTTPException, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
-_bearer = HTTPBearer(auto_error=False, description="PRIMER_GATEWAY_TOKEN, when auth is on.")
+#: Declared on the routes when auth is on (documentation; ``guard`` enforces it).
+bearer_scheme = HTTPBearer(auto_error=False, description="PRIMER_GATEWAY_TOKEN, when auth "
+                           "is on.")
 
 
-def bearer_auth(token: str | None):
-    """A dependency that admits every request (``token`` None) or only the right token."""
-
-    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                           Security(_bearer)]) -> None:
-        if token is None:
-            return
-        if credentials is None:
-            raise HTTPException(401, "missing bearer token: send the header "
-                                "'Authorization: Bearer <PRIMER_GATEWAY_TOKEN>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
+def token_error(authorization: str | None, token: str | None) -> str | None:
+    """Why a request with this ``Authorization`` header is refused; None when admitted."""
+    if token is None:
+        return None
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return ("missing bearer token: send the header "
+                "'Authorization: Bearer <PRIMER_GATEWAY_TOKEN>'")
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return "wrong bearer token"
+    return None

@@ -3,12 +3,13 @@
     export PRIMER_GATEWAY_URL=http://primer-gateway PRIMER_GATEWAY_TOKEN=…   # token: if on
     primer runs submit generation kind=textbooks count=1000 --generation.batch_size=32
     primer runs submit evaluation benchmarks=[humaneval] model=phi \\
-        --generation.api_base=http://primer-teacher/v1
+        api_base=http://primer-teacher/v1          # an endpoint the gateway allows
     primer runs list --phase Running
     primer runs get run-0123456789ab --wait      # exit 1 if it failed
 
 ``key=value`` sets a field of the run spec (values parsed as YAML: ``count=10`` is a
-number); ``--section.key=value`` is a config override for the component, as in local mode.
+number); ``--section.key=value`` is a config override for the component, as in local mode,
+limited to the run kind's allow-list (``services/gateway/policy.py``).
 """
 
 from __future__ import annotations

@@ -12,12 +12,9 @@ from services.gateway.models import CurationSpec, EvaluationSpec, GenerationSpec
 Spec = CurationSpec | GenerationSpec | EvaluationSpec
 
 
-def default_output(storage_root: str, run_id: str, component: str) -> str:
-    return f"{storage_root.rstrip('/')}/runs/{run_id}/{component}"
-
-
 def command(spec: Spec, output: str) -> list[str]:
-    """The ``primer`` arguments (after the program name) that carry out ``spec``."""
+    """The ``primer`` arguments (after the program name) that carry out ``spec``; ``spec``
+    has passed :func:`services.gateway.policy.check`."""
     if isinstance(spec, CurationSpec):
         argv = ["curate", "--output", output, "--executor", "local"]
         argv += _flags(input=spec.input, annotator=spec.annotator, keep_top=spec.keep_top,
@@ -32,6 +29,8 @@ def command(spec: Spec, output: str) -> list[str]:
     else:
         argv = ["eval", "run", "--model", spec.model or "", "--benchmark",
                 ",".join(spec.benchmarks), "--output", output]
+        if spec.api_base is not None:
+            argv.append(f"--generation.api_base={spec.api_base}")
     return argv + [f"--{key}={_scalar(value)}" for key, value in spec.overrides.items()]
 
 

@@ -25,16 +25,21 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output: Arg | None = Field(None, description=(
-        "Output URI (path or s3://…); default <PRIMER_DATA>/runs/<run id>/<component>."))
+        "Folder inside the run's own prefix <PRIMER_DATA>/runs/<run id>/ (e.g. curated/v1); "
+        "default: the component's name. Paths and URIs of its own are refused."))
     overrides: dict[OverrideKey, OverrideValue] = Field(default_factory=dict, description=(
-        "Config overrides, as --section.key=value on the command line."), max_length=100)
+        "Config overrides, as --section.key=value on the command line; only those on the "
+        "run kind's allow-list (never the sandbox, endpoints, key variables or storage)."),
+        max_length=100)
 
 
 class CurationSpec(_Spec):
     """``primer curate``."""
 
     component: Literal["curation"]
-    input: Arg | None = Field(None, description="Directory, dataset URI or hf:NAME.")
+    input: Arg | None = Field(None, description=(
+        "Directory or dataset URI under the gateway's storage roots, or hf:NAME where "
+        "allowed."))
     annotator: Literal["heuristic", "teacher"] | None = Field(None, description="Annotator.")
     keep_top: float | None = Field(None, gt=0, le=1, description="Keep this top fraction.")
     min_score: float | None = Field(None, ge=0, le=1, description="Keep edu_score >= this.")
@@ -52,7 +57,9 @@ class GenerationSpec(_Spec):
     component: Literal["generation"]
     kind: Literal["textbooks", "exercises"] = Field(description="What to generate.")
     count: int = Field(ge=1, le=100_000_000, description="Valid records to produce.")
-    teacher_url: Arg | None = Field(None, description="OpenAI-compatible base URL.")
+    teacher_url: Arg | None = Field(None, description=(
+        "OpenAI-compatible base URL, one of the gateway's allowed endpoints; default: the "
+        "workers' configured teacher."))
     teacher_model: Arg | None = Field(None, description="Model name to request.")
 
 
@@ -63,8 +70,11 @@ class EvaluationSpec(_Spec):
     benchmarks: list[Literal["humaneval", "mbpp"]] = Field(min_length=1, max_length=2,
                                                            description="Benchmarks.")
     model: Arg | None = Field(None, description=(
-        "Checkpoint folder, or a served model name with overrides generation.api_base."))
-    samples: Arg | None = Field(None, description="Samples JSONL to score (no generation).")
+        "Checkpoint folder under the storage roots, or a served model name with api_base."))
+    api_base: Arg | None = Field(None, description=(
+        "OpenAI-compatible base URL serving model, one of the gateway's allowed endpoints."))
+    samples: Arg | None = Field(None, description=(
+        "Samples JSONL under the storage roots to score (no generation)."))
 
     @model_validator(mode="after")
     def _model_or_samples(self) -> EvaluationSpec:
@@ -72,6 +82,8 @@ class EvaluationSpec(_Spec):
             raise ValueError("give exactly one of model (generate, then score) or samples")
         if self.samples is not None and len(self.benchmarks) != 1:
             raise ValueError("scoring samples takes exactly one benchmark")
+        if self.api_base is not None and self.model is None:
+            raise ValueError("api_base serves a model: give model with it")
         return self
 
 

@@ -3,10 +3,13 @@ errors for partial or corrupt datasets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import datasets as hf_datasets
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from primer.datasets import (
@@ -14,6 +17,7 @@ from primer.datasets import (
     DatasetError,
     DatasetWriter,
     Producer,
+    ShardInfo,
     commit_dataset,
     open_dataset,
     read_manifest,
@@ -182,3 +186,113 @@ def test_commit_refuses_unwritten_shard(storage_uri):
 def test_bad_shard_name(storage_uri):
     with pytest.raises(DatasetError, match="plain file name"):
         write_shard(storage_uri, "../x.parquet", records(1))
+
+
+# -- datasets from someone else (issue 14) ----------------------------------------------------
+
+def test_a_shard_linked_to_a_file_outside_the_dataset_is_refused(tmp_path):
+    uri = tmp_path / "ds"
+    write_dataset(str(uri), records(5), PRODUCER)
+    shard = uri / "part-00000.parquet"
+    outside = tmp_path / "secret.parquet"  # the same bytes, so only the link gives it away
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)
+    with pytest.raises(DatasetError, match="symbolic link to .*secret.parquet, outside the"):
+        open_dataset(str(uri))
+    # a link that stays inside the dataset is fine
+    shard.unlink()
+    (uri / "store").mkdir()
+    outside.rename(uri / "store" / "kept.parquet")
+    shard.symlink_to(uri / "store" / "kept.parquet")
+    assert list(open_dataset(str(uri))) == records(5)
+
+
+def test_a_manifest_linked_from_outside_is_refused(tmp_path):
+    write_dataset(str(tmp_path / "a"), records(2), PRODUCER)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / MANIFEST).symlink_to(tmp_path / "a" / MANIFEST)
+    with pytest.raises(DatasetError, match="outside the dataset"):
+        read_manifest(str(tmp_path / "b"))
+
+
+def test_manifest_shard_names_must_stay_in_the_dataset(tmp_path):
+    uri = str(tmp_path / "ds")
+    write_dataset(uri, records(2), PRODUCER)
+    store = open_storage(uri)
+    raw = json.loads(store.read_text(MANIFEST))
+    raw["shards"][0]["name"] = "sub/../../x.parquet"
+    store.write_text(MANIFEST, json.dumps(raw))
+    with pytest.raises(DatasetError, match="plain file names"):
+        open_dataset(uri)
+
+
+def test_a_shard_without_the_manifests_columns_is_refused(storage_uri):
+    """The reproduction: to_table(columns=["text"]) returned rows of a shard with no text."""
+    shard = write_shard(storage_uri, "part-00000.parquet",
+                        [{"id": f"r{i}", "code": "x"} for i in range(3)])
+    commit_dataset(storage_uri, [shard], PRODUCER, columns={"id": "string", "text": "string"})
+    with pytest.raises(DatasetError, match="does not match the manifest's columns: it has no "
+                       "column 'text'; an extra column 'code'"):
+        open_dataset(storage_uri).to_table(columns=["text"])
+
+
+def test_a_shard_whose_column_types_differ_is_refused(storage_uri):
+    good = write_shard(storage_uri, "part-a.parquet", records(3))
+    bad = write_shard(storage_uri, "part-b.parquet",
+                      [{**r, "n_chars": str(r["n_chars"])} for r in records(3)])
+    commit_dataset(storage_uri, [good, bad], PRODUCER)
+    ds = open_dataset(storage_uri)
+    with pytest.raises(DatasetError, match=r"part-b.parquet does not match.*'n_chars' is "
+                       "string, not int64"):
+        list(ds)
+    with pytest.raises(DatasetError, match="has no column 'nope'"):
+        ds.to_table(columns=["nope"])
+
+
+def test_a_small_shard_that_decompresses_to_128_mib_is_not_read(tmp_path):
+    uri = str(tmp_path / "ds")
+    # 128 MiB of one letter, each row told apart (so no dictionary: plain, compressed pages)
+    table = pa.table({"text": pa.array([f"{i:08d}" + "a" * 32760 for i in range(4096)])})
+    shard = write_shard(uri, "part-00000.parquet", table)
+    commit_dataset(uri, [shard], PRODUCER)
+    del table
+    assert shard.bytes < 64 << 10
+    with pytest.raises(DatasetError, match=r"declares 13\d+ bytes.*more than a shard may "
+                       r"decode to \(1000 times its \d+ bytes on disk"):
+        open_dataset(uri).to_table(columns=["text"])
+
+
+def test_a_dictionary_bomb_is_stopped_while_it_is_read(tmp_path):
+    """Dictionary + RLE pages declare a few KB in the footer but decode to 200 MB: the
+    batches are counted as they come."""
+    uri = str(tmp_path / "ds")
+    rows = 2_000_000
+    table = pa.table({"text": pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(rows, dtype=np.int32)), pa.array(["b" * 100]))})
+    with open_storage(uri).open_write("part-00000.parquet") as out:
+        pq.write_table(table, out, compression="zstd", store_schema=False)
+    data = open_storage(uri).read_bytes("part-00000.parquet")
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    assert meta.row_group(0).total_byte_size < 1 << 20  # the footer does not tell
+    info = ShardInfo("part-00000.parquet", rows, len(data), hashlib.sha256(data).hexdigest())
+    commit_dataset(uri, [info], PRODUCER)
+    seen = []
+    with pytest.raises(DatasetError, match="decodes to .* bytes of data, more than a shard"):
+        for batch in open_dataset(uri).iter_batches():
+            seen.append(batch.num_rows)
+    assert 0 < sum(seen) < rows
+
+
+def test_the_decoded_size_cap_is_configurable(tmp_path, monkeypatch):
+    uri = str(tmp_path / "ds")
+    write_dataset(uri, records(50), PRODUCER)
+    assert len(open_dataset(uri).to_table()) == 50
+    with pytest.raises(DatasetError, match="PRIMER_MAX_SHARD_BYTES=100"):
+        open_dataset(uri, max_shard_bytes=100).to_table()
+    monkeypatch.setenv("PRIMER_MAX_SHARD_BYTES", "100")
+    with pytest.raises(DatasetError, match="PRIMER_MAX_SHARD_BYTES=100"):
+        list(open_dataset(uri))
+    monkeypatch.setenv("PRIMER_MAX_SHARD_BYTES", "lots")
+    with pytest.raises(DatasetError, match="PRIMER_MAX_SHARD_BYTES='lots' must be a number"):
+        open_dataset(uri)

@@ -34,9 +34,14 @@ def serve(app) -> Iterator[str]:
         thread.join(10)
 
 
+TEACHER = "http://teacher:8000/v1"  # the one endpoint test gateways allow unless told
+
+
 def gateway_config(redis_url: str, tmp_path, queue: str | None = None, **kw) -> GatewayConfig:
-    """Every component on one fresh queue, outputs under ``tmp_path``."""
+    """Every component on one fresh queue; runs write under ``tmp_path/data`` and may read
+    under ``tmp_path/inputs``; one allowed teacher endpoint."""
     queue = queue or f"gw-test-{uuid.uuid4().hex[:8]}"
+    kw = {"input_roots": (str(tmp_path / "inputs"),), "endpoints": (TEACHER,), **kw}
     return GatewayConfig(redis_url=redis_url, storage_root=str(tmp_path / "data"),
                          queues={c: queue for c in COMPONENTS}, **kw)
 

@@ -37,7 +37,7 @@ def small_corpus(path: Path) -> Path:
 def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
     config = gateway_config(redis_url, tmp_path)
     queue = config.queues["curation"]
-    corpus = small_corpus(tmp_path / "corpus")
+    corpus = small_corpus(tmp_path / "inputs")
     with celery_workers(redis_url, queue, tmp_path / "logs", n=1), \
             serve(create_app(config)) as url:
         # 29 of 30 files score above the default 0.5: the classifier cannot train → Failed

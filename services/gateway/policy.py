@@ -1,0 +1,210 @@
+"""What a submitted run may ask for: the checks between a valid spec and an enqueued task.
+
+A run spec is a request from the network to execute a ``primer`` command on a worker that
+holds credentials (S3, Redis, the teacher's API key). So, beyond the spec's own types
+(``models.py``), a run may only:
+
+- set the config overrides on its run kind's allow-list (:data:`ALLOWED_OVERRIDES`): never
+  the sandbox, an environment-variable name, an endpoint, a storage URI or a path;
+- name an OpenAI-compatible endpoint (``teacher_url``, ``api_base``) the operator listed
+  (``GatewayConfig.endpoints``); its key is always the worker's own;
+- read inputs under the configured roots (``GatewayConfig.input_roots`` and the storage
+  root), and write only under its own prefix, ``<storage root>/runs/<run id>/``.
+
+Every problem is reported at once, as ``(field, message)`` pairs the API turns into a 422.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+from services.gateway.config import GatewayConfig
+from services.gateway.models import CurationSpec, EvaluationSpec, GenerationSpec
+
+Spec = CurationSpec | GenerationSpec | EvaluationSpec
+Problem = tuple[str, str]
+
+_TEACHER_LIMITS = ("model", "max_concurrency", "requests_per_minute", "tokens_per_minute",
+                   "max_retries", "timeout_s", "backoff_base_s", "backoff_max_s",
+                   "price_input_per_1k", "price_output_per_1k")
+_GENERATION = ("generation.seed", "generation.batch_size", "generation.overgenerate",
+               "generation.max_specs_factor", "generation.temperature", "generation.top_p",
+               "generation.near_dup_bands", "generation.near_dup_rows",
+               "generation.allow_fewer", *(f"teacher.{k}" for k in _TEACHER_LIMITS),
+               "log_level")
+_BENCHMARKS = ("benchmarks.humaneval_prompt", "benchmarks.mbpp_prompt",
+               "benchmarks.mbpp_variant", "benchmarks.mbpp_split", "limit", "ks", "log_level")
+
+#: Overrides (``section.key``) each run kind may set; everything else is refused. The keys
+#: that decide *where* a run reads, writes or sends, and *how* it is contained, are absent
+#: on purpose: ``sandbox.*``, ``*_env``, ``*.url``/``*.api_base``/``*_uri``/``*_path``,
+#: ``storage.*``, ``redis.*``, ``executor``, ``workers`` and encoders loaded from a path.
+ALLOWED_OVERRIDES: dict[str, frozenset[str]] = {
+    "curation": frozenset((
+        "reader.files_per_unit", "reader.max_bytes", "reader.text_column", "reader.hf_split",
+        "reader.hf_data_dir", "reader.hf_limit", "reader.hf_records_per_unit", "reader.limit",
+        "filters.min_chars", "filters.max_chars", "filters.max_line_length",
+        "filters.min_alnum_fraction", "filters.max_mean_line_length",
+        "filters.max_data_fraction", "dedup.ngram", "dedup.bands", "dedup.rows", "dedup.seed",
+        "dedup.compat", "dedup.exact", "dedup.near", "annotate.annotator",
+        "annotate.sample_size", "annotate.seed", "annotate.positive_score",
+        "annotate.max_attempts", *(f"annotate.teacher.{k}" for k in _TEACHER_LIMITS),
+        "classify.max_tokens", "classify.batch_size", "classify.n_estimators",
+        "classify.test_fraction", "classify.seed", "classify.keep_top", "classify.min_score",
+        "write_dropped", "chars_per_token", "log_level")),
+    "generation textbooks": frozenset((*_GENERATION, "generation.max_tokens_textbook",
+                                       "generation.min_words")),
+    "generation exercises": frozenset((*_GENERATION, "generation.max_tokens_exercise",
+                                       "generation.sandbox_workers")),
+    "evaluation run": frozenset((
+        *_BENCHMARKS, "generation.n_samples", "generation.temperature", "generation.top_p",
+        "generation.max_new_tokens", "generation.batch_size", "generation.seed",
+        "generation.device", "generation.dtype", "generation.concurrency",
+        "generation.retries", "generation.request_timeout_s")),
+    "evaluation score": frozenset(_BENCHMARKS),
+}
+
+#: Whatever the list above says, keys like these are never a user's to set (a test checks
+#: the list against them, so a later addition cannot open the sandbox or leak a secret).
+NEVER = re.compile(r"(^|\.)(sandbox|storage|redis)\.|_env$|(^|\.)(url|api_base|executor|"
+                   r"workers|encoder)$|_(uri|url|path)$")
+
+
+def run_kind(spec: Spec) -> str:
+    if isinstance(spec, GenerationSpec):
+        return f"generation {spec.kind}"
+    if isinstance(spec, EvaluationSpec):
+        return "evaluation score" if spec.samples is not None else "evaluation run"
+    return "curation"
+
+
+def check(spec: Spec, config: GatewayConfig) -> list[Problem]:
+    """Every reason to refuse ``spec`` under ``config``; empty when it may run."""
+    problems = _overrides(spec)
+    if isinstance(spec, GenerationSpec) and spec.teacher_url is not None:
+        problems += _endpoint("teacher_url", spec.teacher_url, config)
+    roots = (config.storage_root, *config.input_roots)
+    if isinstance(spec, CurationSpec) and spec.input is not None:
+        problems += _input("input", spec.input, roots, hub=True)
+    if isinstance(spec, EvaluationSpec):
+        if spec.api_base is not None:
+            problems += _endpoint("api_base", spec.api_base, config)
+        elif spec.model is not None:  # no endpoint: the model is a checkpoint folder
+            problems += _input("model", spec.model, roots)
+        if spec.samples is not None:
+            problems += _input("samples", spec.samples, roots)
+    if spec.output is not None:
+        problems += _output(spec.output)
+    return problems
+
+
+def run_output(config: GatewayConfig, run_id: str, spec: Spec) -> str:
+    """Where the run writes: ``<root>/runs/<run id>/<output or component>`` (checked first)."""
+    sub = posixpath.normpath(spec.output) if spec.output is not None else spec.component
+    return f"{config.storage_root.rstrip('/')}/runs/{run_id}/{sub}"
+
+
+def _overrides(spec: Spec) -> list[Problem]:
+    kind = run_kind(spec)
+    allowed = ALLOWED_OVERRIDES[kind]
+    refused = [key for key in spec.overrides if key not in allowed or NEVER.search(key)]
+    return [(f"overrides.{key}", f"{key!r} is not an override a {kind} run may set (they "
+             f"may set: {', '.join(sorted(allowed))})") for key in refused]
+
+
+def _endpoint(field: str, url: str, config: GatewayConfig) -> list[Problem]:
+    if _normal_url(url) in {_normal_url(u) for u in config.endpoints}:
+        return []
+    listed = ", ".join(config.endpoints) if config.endpoints else "none are"
+    return [(field, f"{url!r} is not an endpoint this gateway allows ({listed}; the operator "
+             "lists them in PRIMER_GATEWAY_ENDPOINTS); leave it out to use the workers' "
+             "configured teacher")]
+
+
+def _normal_url(url: str) -> str:
+    parsed = urlparse(url.strip())
+    return f"{parsed.scheme.lower()}://{parsed.netloc.lower()}{parsed.path.rstrip('/')}" \
+        if parsed.scheme else url.strip().rstrip("/")
+
+
+def _output(output: str) -> list[Problem]:
+    sub = posixpath.normpath(output)
+    if "://" in output or output.startswith("/") or sub in (".", "..") or \
+            sub.startswith("../"):
+        return [("output", f"{output!r} must be a relative folder inside the run's own "
+                 "prefix <storage root>/runs/<run id>/ (e.g. 'curated/v1'), not a path or "
+                 "URI of its own")]
+    return []
+
+
+# -- storage locations --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Location:
+    """A storage URI reduced to what containment depends on: where, and which folders."""
+
+    place: str  # "local", or "s3://<bucket>"
+    parts: tuple[str, ...]
+    absolute: bool = False
+
+    def within(self, root: Location) -> bool:
+        return (self.place, self.absolute) == (root.place, root.absolute) and \
+            self.parts[:len(root.parts)] == root.parts
+
+
+def location(uri: str) -> Location:
+    """``uri`` as a :class:`Location`, ``..`` folded away; ValueError for any other scheme."""
+    if "://" not in uri:
+        return _local(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return _local(unquote(parsed.path))  # as primer.storage opens it
+    if parsed.scheme == "s3" and parsed.netloc:
+        parts = _fold(parsed.path)
+        if parts is None:
+            raise ValueError(f"{uri!r} climbs above its bucket with '..'")
+        return Location(f"s3://{parsed.netloc}", parts)
+    raise ValueError(f"{uri!r}: only local paths, file:///… and s3://bucket/… are storage")
+
+
+def _local(path: str) -> Location:
+    parts = _fold(path)
+    if parts is None:
+        raise ValueError(f"{path!r} climbs above where it starts with '..'")
+    return Location("local", parts, absolute=path.startswith("/"))
+
+
+def _fold(path: str) -> tuple[str, ...] | None:
+    """Path segments with ``.`` and ``..`` resolved textually; None when ``..`` escapes."""
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not out:
+                return None
+            out.pop()
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _input(field: str, uri: str, roots: tuple[str, ...], hub: bool = False) -> list[Problem]:
+    if uri.startswith("hf:"):
+        if hub and "hf:" in roots:
+            return []
+        return [(field, f"{uri!r}: Hugging Face datasets are not an input this gateway "
+                 "allows (the operator adds 'hf:' to PRIMER_GATEWAY_INPUT_ROOTS to allow "
+                 "them)")]
+    try:
+        where = location(uri)
+    except ValueError as exc:
+        return [(field, str(exc))]
+    allowed = [r for r in roots if r != "hf:"]
+    if any(where.within(location(root)) for root in allowed):
+        return []
+    return [(field, f"{uri!r} is outside the storage roots runs may read from "
+             f"({', '.join(allowed)}; PRIMER_DATA and PRIMER_GATEWAY_INPUT_ROOTS)")]
