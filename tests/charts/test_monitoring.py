@@ -134,6 +134,14 @@ def test_monitoring_objects_render_and_validate(rendered):
     assert all(a["labels"]["team"] == "ml" and a["labels"]["severity"] for a in alerts.values())
 
 
+def test_lint_strict_with_monitoring_on(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(ALL_ON))
+    proc = subprocess.run([helm(), "lint", "--strict", str(CHART), "-f", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_options_switch_and_relabel(tmp_path):
     defaults = render({}, tmp_path)
     assert one(defaults, "ConfigMap")["metadata"]["labels"]["grafana_dashboard"] == "1"
