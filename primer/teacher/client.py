@@ -19,6 +19,8 @@ The backend is an OpenAI-compatible endpoint through the ``openai`` package, or,
 from __future__ import annotations
 
 import asyncio
+import bisect
+import copy
 import email.utils
 import importlib
 import logging
@@ -80,6 +82,11 @@ class Completion:
     attempts: int = 1
 
 
+#: Upper bounds (seconds) of the teacher latency histogram; a completion takes from a fraction
+#: of a second to minutes.
+LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0)
+
+
 @dataclass
 class Usage:
     """Running totals; safe to read from another thread (a progress bar)."""
@@ -93,6 +100,9 @@ class Usage:
     latency_s: float = 0.0
     """Summed wall time of the answered requests (successful attempts, cache hits excluded):
     latency_s / requests is the teacher's mean latency."""
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    """Answered requests per latency bucket: slot i counts those at most LATENCY_BUCKETS[i]
+    seconds (and above the previous bound), the last slot the slower ones."""
     cost_usd: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -104,9 +114,17 @@ class Usage:
                 else:
                     setattr(self, name, getattr(self, name) + value)
 
+    def answered(self, latency_s: float, **counts: float) -> None:
+        """One answered request that took ``latency_s`` seconds."""
+        slot = bisect.bisect_left(LATENCY_BUCKETS, latency_s)
+        with self._lock:
+            self.latency_counts[slot] += 1
+        self.add(requests=1, latency_s=latency_s, **counts)
+
     def as_dict(self) -> dict[str, Any]:
         with self._lock:  # (asdict would deep-copy the lock, which cannot be copied)
-            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            return {f.name: copy.copy(getattr(self, f.name)) for f in fields(self)
+                    if f.name != "_lock"}
 
 
 Backend = Callable[[ChatRequest, float], Awaitable[tuple[str, str, int, int]]]
@@ -250,9 +268,9 @@ class Teacher:
                 await asyncio.sleep(delay)
                 continue
             cost = self.cost(p_tok, c_tok)
-            self.usage.add(requests=1, prompt_tokens=p_tok, completion_tokens=c_tok,
-                           latency_s=time.monotonic() - started,
-                           **({"cost_usd": cost} if cost is not None else {}))
+            self.usage.answered(time.monotonic() - started, prompt_tokens=p_tok,
+                                completion_tokens=c_tok,
+                                **({"cost_usd": cost} if cost is not None else {}))
             return Completion(text, finish, p_tok, c_tok, config.model, key, False, attempt)
         self.usage.add(failures=1)
         raise TeacherError(f"teacher {self.name}: gave up after {config.max_retries + 1} "

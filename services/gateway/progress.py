@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from primer.storage import ObjectNotFoundError, open_storage
+from primer.teacher.client import LATENCY_BUCKETS
 
 MARKER_DIR = "/_markers/"
 FAILURE_DIR = "/_failures/"  # primer.executor records a unit's last failure there
@@ -32,11 +33,12 @@ def units_done(output: str) -> int:
 
 def unit_stats(output: str) -> dict[str, Any]:
     """Totals over every marker: units done and failed, seconds, and the teacher's tokens,
-    requests and latency."""
+    requests (answered, failed for good, retried) and latency."""
     store, keys = _markers(output)
     stats = {"units_done": len(keys), "units_failed": len(_records(output, FAILURE_DIR)[1]),
              "unit_seconds": 0.0, "tokens_generated": 0, "teacher_requests": 0,
-             "teacher_seconds": 0.0}
+             "teacher_failures": 0, "teacher_retries": 0, "teacher_seconds": 0.0,
+             "teacher_latency_counts": [0] * (len(LATENCY_BUCKETS) + 1)}
     for key in keys:
         marker = json.loads(store.read_text(key))
         stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
@@ -45,7 +47,14 @@ def unit_stats(output: str) -> dict[str, Any]:
         if isinstance(usage, dict):
             stats["tokens_generated"] += int(usage.get("completion_tokens") or 0)
             stats["teacher_requests"] += int(usage.get("requests") or 0)
+            stats["teacher_failures"] += int(usage.get("failures") or 0)
+            stats["teacher_retries"] += int(usage.get("retries") or 0)
             stats["teacher_seconds"] += float(usage.get("latency_s") or 0.0)
+            counts = usage.get("latency_counts")
+            if isinstance(counts, list) and len(counts) == len(LATENCY_BUCKETS) + 1:
+                stats["teacher_latency_counts"] = [
+                    a + int(b) for a, b in zip(stats["teacher_latency_counts"], counts,
+                                               strict=True)]
     return stats
 
 

@@ -1,5 +1,6 @@
 """Validation against real schemas: kubernetes-validate for built-in kinds, the upstream CRDs kept
-in ``tests/schemas`` (pinned tags and licences in its README) for PyTorchJob, KEDA and skaffold."""
+in ``tests/schemas`` (pinned tags and licences in its README) for PyTorchJob, KEDA, the
+Prometheus Operator and skaffold."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ CRD_FILES = {
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
 
 
@@ -37,6 +40,10 @@ SCHEMA_SHA256 = {
         "af35555862a83933b074af14ad439c4b4ceabaf4daa3e9338e9b23e36d308d80",
     "keda.sh_triggerauthentications.yaml":
         "275307b4cb19ca8f0f506a879282aa4c67587ac16ec757f494d6585c5c185d65",
+    "monitoring.coreos.com_servicemonitors.yaml":
+        "a99047972c9dd7679ce2050b9968e8a08773492e671b3e17abd476d42aa78a32",
+    "monitoring.coreos.com_prometheusrules.yaml":
+        "78be98554b9c8506ab2b4f4feb91c5f3a56e536a0a510f3a8e876a459970d56d",
     "skaffold-v4beta14.schema.json":
         "7c29a621995d2c6143d3c423c8e3d3dfb25703a49fd1cf77644b54168414b39e",
 }
