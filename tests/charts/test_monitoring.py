@@ -50,7 +50,10 @@ def render(values: dict, tmp: Path) -> list[dict[str, Any]]:
 
 
 def one(docs, kind):
-    (found,) = [d for d in docs if d["kind"] == kind]
+    """The one object of ``kind`` the monitoring templates render; of the chart's ConfigMaps,
+    the one that holds the dashboard."""
+    (found,) = [d for d in docs if d["kind"] == kind
+                and (kind != "ConfigMap" or DASHBOARD.name in d.get("data", {}))]
     return found
 
 
