@@ -33,7 +33,8 @@ NS = "primer-ns"
 ALL_ON = {"monitoring": {"serviceMonitor": {"enabled": True,
                                             "labels": {"release": "kube-prometheus-stack"}},
                          "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}},
-                         "dashboard": {"folder": "Primer"}}}
+                         "dashboard": {"folder": "Primer"}},
+          "networkPolicy": {"gatewayClientNamespaces": ["monitoring"]}}
 DASHBOARD = CHART / "dashboards" / "primer.json"
 #: PromQL words that are not metric names (functions are recognised by their parenthesis).
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
@@ -50,10 +51,9 @@ def render(values: dict, tmp: Path) -> list[dict[str, Any]]:
 
 
 def one(docs, kind):
-    """The one object of ``kind`` the monitoring templates render; of the chart's ConfigMaps,
-    the one that holds the dashboard."""
+    """The one object of ``kind`` (for ConfigMaps: the dashboard's)."""
     (found,) = [d for d in docs if d["kind"] == kind
-                and (kind != "ConfigMap" or DASHBOARD.name in d.get("data", {}))]
+                and (kind != "ConfigMap" or d["metadata"]["name"].endswith("-dashboard"))]
     return found
 
 
@@ -131,6 +131,17 @@ def test_monitoring_objects_render_and_validate(rendered):
     assert endpoint["path"] == "/metrics"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NS]}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Prometheus's namespace, listed as the README says, may reach the scraped port
+    policy = next(d for d in rendered if d["kind"] == "NetworkPolicy"
+                  and d["metadata"]["name"].endswith("-gateway"))
+    gateway = next(d for d in rendered if d["kind"] == "Deployment"
+                   and d["metadata"]["name"].endswith("-gateway"))
+    (port,) = [p["containerPort"] for c in gateway["spec"]["template"]["spec"]["containers"]
+               for p in c.get("ports", []) if p["name"] == "http"]
+    assert any({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                      "monitoring"}}} in rule["from"]
+               and port in [p["port"] for p in rule["ports"]]
+               for rule in policy["spec"]["ingress"])
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {"PrimerQueueWithoutConsumer", "PrimerUnitsFailing",
                            "PrimerTeacherErrors"}
