@@ -1,8 +1,8 @@
 """Contained execution of untrusted Python programs (evaluation and generation share it).
 
 >>> result = run_program("assert 1 + 1 == 2")
->>> result.passed, result.layers
-(True, ('session', 'tempdir', 'env', 'netns', 'mountns', 'rlimits', 'uid'))
+>>> result.passed, result.layers[:5]
+(True, ('session', 'tempdir', 'env', 'cgroup', 'mountns'))
 >>> results = run_many(programs, SandboxConfig(timeout_s=3), workers=8)
 
 See :mod:`primer.sandbox.runner` for the layers and how "passed" is decided.
@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from primer.sandbox.config import SandboxConfig
-from primer.sandbox.runner import SandboxResult, run_program
+from primer.sandbox.runner import SandboxResult, SandboxUnavailable, check_layers, run_program
 
-__all__ = ["SandboxConfig", "SandboxResult", "run_many", "run_program"]
+__all__ = ["SandboxConfig", "SandboxResult", "SandboxUnavailable", "check_layers", "run_many",
+           "run_program"]
 
 
 def run_many(sources: Sequence[str], config: SandboxConfig | None = None, workers: int = 0,
