@@ -103,14 +103,11 @@ def _file_view(libc, spec, layers):
     _read_only(libc, layers)
     with open(os.path.join(work, "main.py"), "rb") as f:
         source = f.read()
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
     _mount(libc, "tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-           f"size={spec['disk_mb']}m,mode=0700{owner}")
+           f"size={spec['disk_mb']}m,mode=0700")
     os.chdir(work)  # the tmpfs: its path is hidden once it is bound over /tmp
     with open("main.py", "wb") as f:
         f.write(source)
-    if uid is not None:
-        os.chown("main.py", uid, uid)
     for hidden in spec["hide"]:
         if os.path.isdir(hidden):
             _mount(libc, ".", hidden, None, MS_BIND)
@@ -120,6 +117,9 @@ def _file_view(libc, spec, layers):
         if os.path.isdir(secret) and not any(k.startswith(inside) for k in keep):
             _mount(libc, "tmpfs", secret, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                    "size=4k,mode=0555")
+    if uid is not None:  # last: without CAP_DAC_OVERRIDE we cannot enter it afterwards
+        os.chown("main.py", uid, uid)
+        os.chown(".", uid, uid)
     layers.append("tmpfs")
     if "pidns" in layers:
         try:
@@ -131,6 +131,12 @@ def _file_view(libc, spec, layers):
 def _drop(libc, spec, layers):
     import resource
 
+    if spec["uid"] is not None and "tmpfs" not in layers:  # runs in the worker's own dir
+        try:
+            os.chown(".", spec["uid"], spec["uid"])
+            os.chown("main.py", spec["uid"], spec["uid"])
+        except OSError:
+            pass  # read-only: the program cannot write its temp dir
     if spec["uid"] is not None:
         try:
             with open("/proc/self/oom_score_adj", "w") as f:

@@ -39,7 +39,7 @@ class SandboxConfig(ConfigModel):
     drop_privileges: bool = Field(True, description=(
         "When started as root, run each program as a fresh unprivileged uid: RLIMIT_NPROC "
         "applies, nothing outside its temp dir is writable, and leftovers are swept by uid."))
-    uid_range: tuple[int, int] = Field((200_000, 300_000), description=(
+    uid_range: tuple[int, int] = Field((20_000, 65_000), description=(
         "Unprivileged uids to draw from, [start, stop); a random one per program."))
     hide_dirs: list[str] = Field(["/tmp", "/var/tmp", "/dev/shm"], description=(
         "Directories that show the program's own temp dir instead (programs expect to write "

@@ -307,9 +307,7 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
         os.mkdir(work, 0o700)
         Path(work, "main.py").write_bytes(source.encode("utf-8"))
         if uid is not None:
-            os.chmod(root, 0o711)
-            os.chown(work, uid, uid)
-            os.chown(os.path.join(work, "main.py"), uid, uid)
+            os.chmod(root, 0o711)  # the work dir stays ours: the bootstrap hands it over
         if root_user:
             cgroups = _make_cgroups(config, os.path.basename(root))
         required = required_layers(config)

@@ -216,3 +216,10 @@ def test_the_sandbox_needs_nothing_but_the_standard_library():
     imported = {line.split()[1].split(".")[0] for line in bootstrap.splitlines()
                 if line.strip().startswith(("import ", "from "))}
     assert imported <= set(sys.stdlib_module_names), imported
+
+
+def test_run_many_refuses_before_running_anything_where_a_layer_is_missing(monkeypatch):
+    # generation validates exercises through run_many: it fails closed the same way
+    monkeypatch.setattr("primer.sandbox.runner.os.geteuid", lambda: 10001)
+    with pytest.raises(SandboxUnavailable, match="sandbox layers missing: cgroup, uid"):
+        run_many(["open('/tmp/ran', 'w')"], FAST)
