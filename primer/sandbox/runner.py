@@ -176,9 +176,9 @@ def _read_available(fd: int) -> bytes:
 
 _CGROUP_SLACK_MB = 64
 _RUNNER_LAYERS = ("session", "tempdir", "env")  # what the runner does itself
-_ROOT_HINT = ("run the worker as root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID, CAP_CHOWN "
-              "and CAP_KILL; on Kubernetes a user-namespaced pod (hostUsers: false, runAsUser: "
-              "0) as described in primer/sandbox/README.md")
+_ROOT_HINT = ("run the worker as root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID and "
+              "CAP_CHOWN; on Kubernetes a user-namespaced pod (hostUsers: false, runAsUser: 0) "
+              "as described in primer/sandbox/README.md")
 HINTS = {
     "cgroup": "a writable cgroup hierarchy with the memory and pids controllers (cgroup v2: a "
               "delegated subtree; v1: /sys/fs/cgroup/memory and /sys/fs/cgroup/pids)",
@@ -191,9 +191,15 @@ class SandboxUnavailable(RuntimeError):
     """A required isolation layer cannot be had here; the message names it and the fix."""
 
 
+ALLOW_MISSING_ENV = "PRIMER_SANDBOX_ALLOW_MISSING"
+
+
 def required_layers(config: SandboxConfig) -> tuple[str, ...]:
-    """Layers a program must get: all but the allowed-missing and the ones switched off."""
+    """Layers a program must get: all but the ones switched off and the allowed-missing, from
+    the config or from the worker's ``PRIMER_SANDBOX_ALLOW_MISSING`` (comma-separated: set by
+    whoever deploys the worker, e.g. ``cgroup`` in a pod, out of reach of a run's config)."""
     off = set(config.allow_missing)
+    off |= {x.strip() for x in os.environ.get(ALLOW_MISSING_ENV, "").split(",") if x.strip()}
     off |= {"netns"} if not config.isolate_network else set()
     off |= {"uid"} if not config.drop_privileges else set()
     return tuple(x for x in LAYERS if x not in off)
@@ -202,12 +208,12 @@ def required_layers(config: SandboxConfig) -> tuple[str, ...]:
 def missing_message(missing: Sequence[str]) -> str:
     hints = sorted({HINTS.get(x, _ROOT_HINT) for x in missing})
     return (f"sandbox layers missing: {', '.join(missing)}; to get them: {'; '.join(hints)}. "
-            "To run weaker anyway, name them in sandbox.allow_missing (recorded in every "
-            "result).")
+            "To run weaker anyway, name them in sandbox.allow_missing or the worker's "
+            f"{ALLOW_MISSING_ENV} (recorded in every result).")
 
 
 @functools.cache
-def _check(config_json: str, euid: int) -> tuple[str, ...]:
+def _check(config_json: str, euid: int, allowed: str) -> tuple[str, ...]:
     result = run_program("pass", SandboxConfig.model_validate_json(config_json))
     if result.status != "passed":
         raise SandboxUnavailable(result.stderr.strip() or result.summary)
@@ -220,7 +226,7 @@ def check_layers(config: SandboxConfig | None = None) -> tuple[str, ...]:
     Workers call it before scoring or validating anything (cached per config).
     """
     config = config or SandboxConfig()
-    return _check(config.model_dump_json(), os.geteuid())
+    return _check(config.model_dump_json(), os.geteuid(), os.environ.get(ALLOW_MISSING_ENV, ""))
 
 
 def _own_cgroups() -> dict[str, str]:
