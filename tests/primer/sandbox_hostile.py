@@ -24,7 +24,7 @@ from primer.sandbox import SandboxConfig, SandboxUnavailable, check_layers, run_
 SECRET = "hunter2-do-not-leak"
 SHM_KEY = 0x5EED0115
 PROJECT_FILE = str(Path(__file__).resolve().parents[2] / "pyproject.toml")
-CONFIG = dict(timeout_s=4, memory_mb=256, disk_mb=64, max_processes=32)
+CONFIG = dict(timeout_s=10, memory_mb=256, disk_mb=64, max_processes=32)
 
 
 def programs(port: int) -> dict[str, str]:
