@@ -4,22 +4,33 @@ Layers, each reported in :attr:`SandboxResult.layers` when it took effect:
 
 - ``session``: own process session/group; at the deadline the whole group is SIGKILLed;
 - ``tempdir``: a fresh working directory, removed afterwards; ``env``: only PATH/LANG/HOME;
+- ``cgroup``: memory (``memory_mb``) and process count (``max_processes``) for all the
+  program's processes together;
+- ``mountns``, ``ipcns``, ``pidns``, ``netns``: its own mounts, SysV IPC / POSIX queues (gone
+  with it), PIDs with a fresh ``/proc`` (no other process visible; when it ends the kernel
+  kills all it started), and an empty network;
+- ``readonly``: every mount read-only and nosuid; ``tmpfs``: its temp dir a ``disk_mb``-capped,
+  ``noexec`` tmpfs, also at ``/tmp``, ``/var/tmp``, ``/dev/shm``; the project tree, home and
+  secrets are hidden behind empty directories;
 - ``rlimits``: CPU, address space, file size (caps stdout/stderr too), open files, no core;
-- ``uid`` (as root): a random unprivileged uid, so ``RLIMIT_NPROC`` contains fork bombs, the
-  program cannot write outside its temp dir nor signal the evaluator, and every process of
-  that uid is killed afterwards, even ones that left the process group;
-- ``netns``: an empty network namespace (no interface but a down loopback);
-- ``mountns``: ``/tmp``, ``/var/tmp``, ``/dev/shm`` are the program's own temp dir.
+- ``uid``: a random unprivileged uid (``RLIMIT_NPROC`` bites; it cannot signal the worker);
+- ``guard``: no new privileges, not dumpable, and an audit hook that keeps the verdict's
+  nonce out of Python's reach (see :mod:`primer.sandbox._bootstrap`).
 
-"Passed" needs a nonce the bootstrap writes to a private pipe after the program returned, and
-exit code 0: ``sys.exit(0)``, ``os._exit(0)``, a kill or a crash can never pass. The nonce
-stops accidents and naive cheats, not code that reads the bootstrap's memory; containment,
-not the verdict, is what protects the machine.
+The layers come from the parent's knowledge only: what the runner did itself, and a setup
+pipe the bootstrap closes before any untrusted code runs. Every layer is required unless
+``allow_missing`` names it: where one cannot be had the program is not run (status
+``error`` naming the layer and how to get it), and :func:`check_layers` lets a worker refuse
+up front.
+
+"Passed" needs the nonce the bootstrap writes to a status pipe after the program returned,
+and exit code 0: ``sys.exit(0)``, ``os._exit(0)``, a kill or a crash can never pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -31,10 +42,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from primer.sandbox.config import SandboxConfig
+from primer.sandbox.config import LAYERS, SandboxConfig
 
 BOOTSTRAP = str(Path(__file__).with_name("_bootstrap.py"))
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
@@ -50,6 +62,11 @@ class SandboxResult:
     stderr: str
     duration_s: float
     layers: tuple[str, ...]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Layers that did not hold for this program (allowed by ``allow_missing``)."""
+        return tuple(x for x in LAYERS if x not in self.layers)
 
     @property
     def passed(self) -> bool:
@@ -157,25 +174,159 @@ def _read_available(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+_CGROUP_SLACK_MB = 64
+_RUNNER_LAYERS = ("session", "tempdir", "env")  # what the runner does itself
+_ROOT_HINT = ("run the worker as root with CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID and "
+              "CAP_CHOWN; on Kubernetes a user-namespaced pod (hostUsers: false, runAsUser: 0) "
+              "as described in primer/sandbox/README.md")
+HINTS = {
+    "cgroup": "a writable cgroup hierarchy with the memory and pids controllers (cgroup v2: a "
+              "delegated subtree; v1: /sys/fs/cgroup/memory and /sys/fs/cgroup/pids)",
+    "pidns": _ROOT_HINT + "; a fresh /proc must be mountable (procMount: Unmasked)",
+    "guard": "prctl(PR_SET_NO_NEW_PRIVS) and prctl(PR_SET_DUMPABLE)",
+}
+
+
+class SandboxUnavailable(RuntimeError):
+    """A required isolation layer cannot be had here; the message names it and the fix."""
+
+
+ALLOW_MISSING_ENV = "PRIMER_SANDBOX_ALLOW_MISSING"
+
+
+def required_layers(config: SandboxConfig) -> tuple[str, ...]:
+    """Layers a program must get: all but the ones switched off and the allowed-missing, from
+    the config or from the worker's ``PRIMER_SANDBOX_ALLOW_MISSING`` (comma-separated: set by
+    whoever deploys the worker, e.g. ``cgroup`` in a pod, out of reach of a run's config)."""
+    off = set(config.allow_missing)
+    off |= {x.strip() for x in os.environ.get(ALLOW_MISSING_ENV, "").split(",") if x.strip()}
+    off |= {"netns"} if not config.isolate_network else set()
+    off |= {"uid"} if not config.drop_privileges else set()
+    return tuple(x for x in LAYERS if x not in off)
+
+
+def missing_message(missing: Sequence[str]) -> str:
+    hints = sorted({HINTS.get(x, _ROOT_HINT) for x in missing})
+    return (f"sandbox layers missing: {', '.join(missing)}; to get them: {'; '.join(hints)}. "
+            "To run weaker anyway, name them in sandbox.allow_missing or the worker's "
+            f"{ALLOW_MISSING_ENV} (recorded in every result).")
+
+
+@functools.cache
+def _check(config_json: str, euid: int, allowed: str) -> tuple[str, ...]:
+    result = run_program("pass", SandboxConfig.model_validate_json(config_json))
+    if result.status != "passed":
+        raise SandboxUnavailable(result.stderr.strip() or result.summary)
+    return result.layers
+
+
+def check_layers(config: SandboxConfig | None = None) -> tuple[str, ...]:
+    """The layers this host gives; :class:`SandboxUnavailable` when a required one is missing.
+
+    Workers call it before scoring or validating anything (cached per config).
+    """
+    config = config or SandboxConfig()
+    return _check(config.model_dump_json(), os.geteuid(), os.environ.get(ALLOW_MISSING_ENV, ""))
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup per hierarchy: ``{"memory": path, "pids": path, "": v2 path}``."""
+    own = {}
+    with open("/proc/self/cgroup", encoding="ascii") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                own[c] = path
+    return own
+
+
+def _cgroup_dirs(name: str) -> list[tuple[str, str]]:
+    """Where a program's cgroups go, ``[(kind, dir)]``: v1 memory + pids, else a v2 subtree."""
+    base = "/sys/fs/cgroup"
+    own = _own_cgroups()
+    v1 = [(c, os.path.join(base, c, own[c].lstrip("/"))) for c in ("memory", "pids") if c in own]
+    if len(v1) == 2 and all(os.access(d, os.W_OK) for _, d in v1):
+        return [(c, os.path.join(d, name)) for c, d in v1]
+    parent = os.path.join(base, own.get("", "/").lstrip("/"))
+    try:
+        with open(os.path.join(parent, "cgroup.subtree_control"), encoding="ascii") as f:
+            enabled = f.read().split()
+    except OSError:
+        return []
+    if {"memory", "pids"} <= set(enabled) and os.access(parent, os.W_OK):
+        return [("v2", os.path.join(parent, name))]
+    return []
+
+
+def _make_cgroups(config: SandboxConfig, name: str) -> list[str]:
+    """Create the program's cgroups with its limits; [] where the host offers none."""
+    # headroom over RLIMIT_AS: one process meets its MemoryError before the group limit
+    mem, made = (config.memory_mb + _CGROUP_SLACK_MB) << 20, []
+    limits = {"memory": [("memory.limit_in_bytes", mem), ("memory.memsw.limit_in_bytes", mem)],
+              "pids": [("pids.max", config.max_processes)],
+              "v2": [("memory.max", mem), ("memory.swap.max", 0),
+                     ("pids.max", config.max_processes)]}
+    try:
+        for kind, path in _cgroup_dirs(name):
+            os.mkdir(path)
+            made.append(path)
+            for key, value in limits[kind]:
+                if os.path.exists(os.path.join(path, key)):
+                    Path(path, key).write_text(str(value))
+    except OSError:
+        _remove_cgroups(made)
+        return []
+    return made
+
+
+def _remove_cgroups(paths: list[str]) -> None:
+    for path in paths:
+        for _ in range(100):  # the kernel may still be tearing the last processes down
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
+@functools.cache
+def _default_conceal() -> tuple[str, ...]:
+    project = Path(__file__).resolve().parents[2]
+    home = os.path.expanduser("~")
+    return tuple(p for p in (str(project), home, "/run/secrets", "/var/run/secrets")
+                 if p not in ("/", ""))
+
+
 def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResult:
     """Run ``source`` as ``main.py`` in a fresh sandbox; never raises for what the program does."""
     config = config or SandboxConfig()
-    drop = config.drop_privileges and os.geteuid() == 0
+    root_user = os.geteuid() == 0
+    drop = config.drop_privileges and root_user
     uid = random.randrange(*config.uid_range) if drop else None
     root = tempfile.mkdtemp(prefix="primer-sandbox-")
-    status_r = status_w = -1
+    pipes: list[int] = []
+    cgroups: list[str] = []
     try:
         work = os.path.join(root, "work")
         os.mkdir(work, 0o700)
-        Path(work, "main.py").write_text(source, encoding="utf-8")
+        Path(work, "main.py").write_bytes(source.encode("utf-8"))
         if uid is not None:
-            os.chmod(root, 0o711)
-            os.chown(work, uid, uid)
-            os.chown(os.path.join(work, "main.py"), uid, uid)
-        spec = {"workdir": work, "uid": uid, "rlimits": _rlimits(config, drop),
-                "network": config.isolate_network, "hide": list(config.hide_dirs)}
+            os.chmod(root, 0o711)  # the work dir stays ours: the bootstrap hands it over
+        if root_user:
+            cgroups = _make_cgroups(config, os.path.basename(root))
+        required = required_layers(config)
+        setup_r, setup_w = os.pipe()
         status_r, status_w = os.pipe()
-        spec["status_fd"] = status_w
+        pipes += [setup_r, setup_w, status_r, status_w]
+        spec = {"workdir": work, "uid": uid, "rlimits": _rlimits(config, drop),
+                "network": config.isolate_network, "hide": list(config.hide_dirs),
+                "conceal": list(_default_conceal() if config.conceal_dirs is None
+                                else config.conceal_dirs),
+                "disk_mb": config.disk_mb, "cgroups": cgroups,
+                "required": [x for x in required if x not in _RUNNER_LAYERS],
+                "setup_fd": setup_w, "status_fd": status_w}
         nonce = secrets.token_hex(16)
         env = {**_ENV, "HOME": work, "TMPDIR": work}
         with open(os.path.join(root, "stdout"), "wb") as out, \
@@ -183,10 +334,11 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
             start = time.monotonic()
             proc = subprocess.Popen(
                 [pick_python(config, drop), "-I", "-S", BOOTSTRAP, json.dumps(spec)],
-                stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=(status_w,),
+                stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=(setup_w, status_w),
                 cwd=work, env=env, start_new_session=True)
-        os.close(status_w)
-        status_w = -1
+        for fd in (setup_w, status_w):
+            os.close(fd)
+            pipes.remove(fd)
         timed_out = threading.Event()
 
         def deadline() -> None:
@@ -205,12 +357,21 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
         timer.cancel()
         timer.join()
         _kill_group(proc.pid)
-        if uid is not None:
-            _kill_uid(uid)
+        setup = _read_available(setup_r).decode("ascii", "replace").splitlines()
+        layers = list(_RUNNER_LAYERS)
+        layers += [x for ln in setup[:1] if ln.startswith("L ") for x in ln[2:].split(",")
+                   if x in LAYERS and x not in layers]
+        if uid is not None and "pidns" not in layers:
+            _kill_uid(uid)  # without a PID namespace, leftovers are found by uid
         code = proc.wait()
         status = _read_available(status_r).decode("ascii", "replace").splitlines()
-        layers = ["session", "tempdir", "env"]
-        layers += [x for ln in status if ln.startswith("L ") for x in ln[2:].split(",") if x]
+        layers = [x for x in LAYERS if x in layers]
+        missing = [x for x in required if x not in layers]
+        if missing and not timed_out.is_set():
+            why = missing_message(missing)
+            if not setup:  # the bootstrap itself failed: say how
+                why += "\n" + _head(err.name, config.max_output_bytes)
+            return SandboxResult("error", code, "", why, round(duration, 4), tuple(layers))
         if timed_out.is_set() or code == -signal.SIGXCPU:
             verdict = "timeout"
         elif code == 0 and f"P {nonce}" in status:
@@ -224,7 +385,7 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
         return SandboxResult("error", None, "", f"sandbox error: {type(e).__name__}: {e}",
                              0.0, ())
     finally:
-        for fd in (status_r, status_w):
-            if fd >= 0:
-                os.close(fd)
+        for fd in pipes:
+            os.close(fd)
+        _remove_cgroups(cgroups)
         shutil.rmtree(root, ignore_errors=True)

@@ -17,8 +17,9 @@ import typer
 
 from primer.benchmarks import Benchmark, BenchmarkError, load_benchmark, parse_benchmarks
 from primer.cli import OVERRIDES, command_config
+from primer.sandbox import SandboxUnavailable, check_layers
 from services.evaluation.config import EvalConfig
-from services.evaluation.samples import SamplesError, read_samples, write_jsonl
+from services.evaluation.samples import SamplesError, SamplesFile, write_jsonl
 from services.evaluation.scoring import score
 
 app = typer.Typer(help="Evaluate on HumanEval and MBPP (pass@k, sandboxed).",
@@ -61,9 +62,10 @@ def score_command(ctx: typer.Context, benchmark: Benchmarks,
         if len(names) != 1:
             raise BenchmarkError("score takes one benchmark per samples file")
         bench = _load(names[0], config)
-        summary = score(bench, read_samples(samples), output, config.sandbox, config.workers,
-                        tuple(config.ks), source=samples)
-    except (BenchmarkError, SamplesError) as e:
+        rows = SamplesFile(samples, config.max_samples, config.max_sample_bytes)
+        summary = score(bench, rows, output, config.sandbox, config.workers, tuple(config.ks),
+                        source=samples)
+    except (BenchmarkError, SamplesError, SandboxUnavailable) as e:
         _fail(e)
     typer.echo(_headline(summary))
 
@@ -80,8 +82,9 @@ def run_command(ctx: typer.Context,
     try:
         names = parse_benchmarks(benchmark)
         benches = [_load(n, config) for n in names]
+        check_layers(config.sandbox)  # refuse before generating anything
         backend = make_backend(model, config.generation)
-    except (BenchmarkError, FileNotFoundError) as e:
+    except (BenchmarkError, FileNotFoundError, SandboxUnavailable) as e:
         _fail(e)
     report = {}
     for bench in benches:

@@ -9,6 +9,7 @@ from pydantic import Field
 from primer.benchmarks import BenchmarkConfig
 from primer.config import ConfigModel
 from primer.sandbox import SandboxConfig
+from services.evaluation.samples import MAX_LINE_BYTES, MAX_SAMPLES
 
 
 class GenerationConfig(ConfigModel):
@@ -46,6 +47,10 @@ class EvalConfig(ConfigModel):
         "Use only the first N problems of each benchmark (quick runs); pass@k is then over "
         "those N, and the summary says so (n_problems)."))
     workers: int = Field(0, ge=0, description="Programs run in parallel (0: one per core).")
+    max_samples: int = Field(MAX_SAMPLES, gt=0, description=(
+        "Most samples a samples file may hold; more is refused (the file is streamed)."))
+    max_sample_bytes: int = Field(MAX_LINE_BYTES, gt=0, description=(
+        "Longest line of a samples file, in bytes; a longer one is refused with its line."))
     ks: list[int] = Field([1, 10, 100], description="pass@k reported where n >= k.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Minimum level of log records that are emitted.")

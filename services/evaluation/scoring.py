@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from primer.benchmarks import Benchmark
-from primer.sandbox import SandboxConfig, run_many
+from primer.sandbox import SandboxConfig, check_layers, run_stream
+from primer.sandbox.config import LAYERS
 from primer.storage import open_storage
-from services.evaluation.samples import SamplesError, write_jsonl
+from services.evaluation.samples import SamplesError, dump_row
 
 log = logging.getLogger("primer.eval")
 
@@ -24,33 +26,48 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def score(benchmark: Benchmark, samples: list[dict[str, Any]], output: str,
+def score(benchmark: Benchmark, samples: Iterable[dict[str, Any]], output: str,
           sandbox: SandboxConfig | None = None, workers: int = 0,
           ks: tuple[int, ...] = (1, 10, 100), source: str = "samples") -> dict[str, Any]:
     """Score ``samples``; write ``results.jsonl`` and ``summary.json`` under ``output``.
 
-    Problems with no sample count as unsolved (n is taken from the attempted ones); a sample
-    for an unknown task_id is an error naming its line, found before anything runs.
+    ``samples`` is iterated twice (a list, or a :class:`SamplesFile` that streams): first to
+    check every task_id, so a sample for an unknown one is an error naming its line before
+    anything runs; then to run them, a bounded number at a time, each result row written as
+    it ends. A sample the sandbox cannot even start (say, text that is not valid Unicode)
+    fails alone. Problems with no sample count as unsolved (n is taken from the attempted
+    ones). Raises :class:`SandboxUnavailable` when a required isolation layer is missing.
     """
-    problems = []
     for s in samples:
         try:
-            problems.append(benchmark.get(s["task_id"]))
+            benchmark.get(s["task_id"])
         except ValueError as e:
             raise SamplesError(f"{source}:{s.get('_line', '?')}: {e}") from None
-    programs = [p.program(s["completion"]) for p, s in zip(problems, samples, strict=True)]
-    log.info("scoring %d samples on %s", len(programs), benchmark.name)
-    results = run_many(programs, sandbox, workers)
+    sandbox = sandbox or SandboxConfig()
+    layers = check_layers(sandbox)
+    in_flight: dict[int, tuple[str, str]] = {}
 
-    rows, per_task = [], defaultdict(lambda: [0, 0])
-    for p, s, r in zip(problems, samples, results, strict=True):
-        rows.append({"task_id": p.task_id, "completion": s["completion"], "passed": r.passed,
-                     "result": r.summary, "status": r.status, "duration_s": r.duration_s,
-                     "exit_code": r.exit_code, "isolation": list(r.layers)})
-        per_task[p.task_id][0] += 1
-        per_task[p.task_id][1] += int(r.passed)
+    def programs() -> Iterator[str]:
+        for i, s in enumerate(samples):
+            problem = benchmark.get(s["task_id"])
+            in_flight[i] = (problem.task_id, s["completion"])
+            yield problem.program(s["completion"])
+
+    log.info("scoring samples on %s", benchmark.name)
+    per_task: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    with open_storage(output).open_write("results.jsonl") as out:
+        for i, r in run_stream(programs(), sandbox, workers):
+            task_id, completion = in_flight.pop(i)
+            out.write(dump_row({
+                "task_id": task_id, "sample": i, "completion": completion, "passed": r.passed,
+                "result": r.summary, "status": r.status, "duration_s": r.duration_s,
+                "exit_code": r.exit_code, "isolation": list(r.layers),
+                "degraded": list(r.missing)}))
+            per_task[task_id][0] += 1
+            per_task[task_id][1] += int(r.passed)
     summary = summarize(benchmark, per_task, ks)
-    write_jsonl(f"{output.rstrip('/')}/results.jsonl", rows)
+    summary["sandbox"] = {"layers": list(layers),
+                          "degraded": [x for x in LAYERS if x not in layers]}
     open_storage(output).write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -99,3 +99,48 @@ def test_bad_input_is_named_precisely(tmp_path):
     result = CliRunner().invoke(APP, ["eval", "score", "-b", "apps", "--samples",
                                       str(samples), "-o", "o"])
     assert result.exit_code == 2 and "unknown benchmark" in result.output
+
+
+def test_a_sample_that_is_not_valid_unicode_fails_alone_and_results_are_written(tmp_path):
+    he = read_problems()
+    rows = [{"task_id": "HumanEval/0", "completion": he["HumanEval/0"]["canonical_solution"]},
+            {"task_id": "HumanEval/0", "completion": "    return '\ud800'\n"},
+            {"task_id": "HumanEval/2", "completion": he["HumanEval/2"]["canonical_solution"]}]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))  # \ud800 as a JSON escape
+    out = tmp_path / "out"
+    result = CliRunner().invoke(APP, ["eval", "score", "-b", "humaneval", "--samples",
+                                      str(samples), "--output", str(out), "--workers=2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 3 and summary["n_passed"] == 2
+    results = {r["sample"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    assert results[1]["completion"] == rows[1]["completion"] and not results[1]["passed"]
+    assert results[1]["status"] == "error" and "UnicodeEncodeError" in results[1]["result"]
+    assert results[0]["passed"] and results[2]["passed"]
+    assert summary["sandbox"]["degraded"] == [] and results[0]["degraded"] == []
+
+
+def test_samples_files_are_capped_in_count_and_line_size(tmp_path):
+    rows = [{"task_id": "HumanEval/0", "completion": ""}] * 3
+    result, _ = score(tmp_path, "humaneval", rows, "--max_samples=2")
+    assert result.exit_code == 2 and "samples.jsonl:3: more than 2 samples" in result.output
+    rows = [{"task_id": "HumanEval/0", "completion": ""},
+            {"task_id": "HumanEval/0", "completion": "x" * 5000}]
+    result, _ = score(tmp_path, "humaneval", rows, "--max_sample_bytes=4096")
+    assert result.exit_code == 2 and "samples.jsonl:2: line longer than 4096 bytes" \
+        in result.output
+
+
+def test_scoring_refuses_where_a_sandbox_layer_is_missing(tmp_path, monkeypatch):
+    # the worker believes it is not root: no uid to switch to, no cgroup of its own
+    monkeypatch.setattr("primer.sandbox.runner.os.geteuid", lambda: 10001)
+    rows = [{"task_id": "HumanEval/0", "completion": ""}]
+    result, out = score(tmp_path, "humaneval", rows)
+    assert result.exit_code == 2 and "sandbox layers missing: cgroup, uid" in result.output
+    assert "sandbox.allow_missing" in result.output and not (out / "summary.json").exists()
+    result, out = score(tmp_path, "humaneval", rows, "--sandbox.allow_missing=[cgroup,uid]")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    row = json.loads((out / "results.jsonl").read_text())
+    assert summary["sandbox"]["degraded"] == row["degraded"] == ["cgroup", "uid"]
