@@ -26,14 +26,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
 from model.checkpoint import (
     CheckpointManager,
-    load_checkpoint,
-    load_model_state,
+    load_sharded,
+    load_trainer,
     open_committed,
 )
 from model.config import TrainConfig
@@ -226,8 +228,6 @@ class Trainer:
         attn = attention_implementation(cfg.model, self.device)
         model = build_model(cfg.model, self.vocab, device=self.device,
                             attn_implementation=attn)
-        if cfg.train.init_from:
-            model.load_state_dict(load_model_state(open_committed(cfg.train.init_from)))
         self.n_params = count_parameters(model)
         n_embed = model.model.embed_tokens.weight.numel()
         m, T = cfg.model, self.data.seq_len
@@ -237,6 +237,8 @@ class Trainer:
         self.model = parallelize(model, cfg.parallel, world_size=self.world_size,
                                  device=self.device, param_dtype=self.dtype)
         self.model.train()
+        if cfg.train.init_from:
+            self._init_from(cfg.train.init_from)
 
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -265,29 +267,42 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
 
-    def _options(self) -> StateDictOptions:
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    def _state(self) -> dict:
+        """This rank's shards of the model and optimizer (FSDP2: DTensors; DDP: replicas,
+        which DCP writes once), keyed by parameter name."""
+        model_sd, optim_sd = get_state_dict(unwrap(self.model), self.optimizer,
+                                            options=StateDictOptions(full_state_dict=False))
+        return {"model": model_sd, "optim": optim_sd}
+
+    def _init_from(self, uri: str) -> None:
+        """Start from the weights of the committed checkpoint at ``uri``, each rank reading
+        its own shards."""
+        model = unwrap(self.model)
+        state = {"model": get_model_state_dict(model)}
+        load_sharded(open_committed(uri), state)
+        set_model_state_dict(model, state["model"])
 
     def save(self) -> None:
-        model_sd, optim_sd = get_state_dict(unwrap(self.model), self.optimizer,
-                                            options=self._options())
         trainer = {"step": self.step, "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict(),
+                   # Global windows consumed: independent of the number of ranks.
                    "data": {"uri": self.data_uri, "seed": self.data.seed,
                             "samples_consumed": self.step * self.cfg.train.global_batch},
                    "vocab_size": self.vocab, "tokenizer": self.tokenizer_uri,
                    "config": self.cfg.model_dump(mode="json")}
         self.metrics.sync()
-        self.ckpt.save(self.step, model_sd, optim_sd, trainer, rng_state())
+        self.ckpt.save(self.step, self._state(), trainer, rng_state())
 
     def resume(self, spec: str) -> None:
         ckpt = self.ckpt.resolve(spec)
         if ckpt is None:
             log.info("resume=%s: no committed checkpoint yet; starting fresh", spec)
             return
-        state = load_checkpoint(ckpt, self.rank)
-        set_state_dict(unwrap(self.model), self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"], options=self._options())
+        sharded = self._state()
+        load_sharded(ckpt, sharded)
+        set_state_dict(unwrap(self.model), self.optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict=sharded["optim"])
+        state = load_trainer(ckpt, self.rank)
         t = state["trainer"]
         self.scheduler.load_state_dict(t["scheduler"])
         self.scaler.load_state_dict(t["scaler"])
