@@ -177,15 +177,20 @@ def load_object(store: Storage, key: str) -> Any:
 class CheckpointManager:
     """Save, list, resolve and prune the checkpoints of one run.
 
-    ``keep_last`` committed checkpoints are kept, plus every step in ``keep`` (milestones such
-    as phi-1-base's step 24,000, or the finetune candidates every 1,000 steps).
+    ``keep_last`` committed checkpoints are kept, plus the milestones: every step in ``keep``
+    (phi-1-base's step 24,000) and every ``keep_every``-th (the finetune candidates).
     """
 
-    def __init__(self, run_uri: str, keep_last: int = 3, keep: Iterable[int] = ()):
+    def __init__(self, run_uri: str, keep_last: int = 3, keep: Iterable[int] = (),
+                 keep_every: int = 0):
         self.root = open_storage(run_uri)
         self.store = self.root.child(PREFIX)
         self.keep_last = keep_last
         self.keep = set(keep)
+        self.keep_every = keep_every
+
+    def is_milestone(self, step: int) -> bool:
+        return step in self.keep or bool(self.keep_every and step % self.keep_every == 0)
 
     def step_dir(self, step: int) -> Storage:
         return self.store.child(f"step-{step}")
@@ -242,7 +247,7 @@ class CheckpointManager:
         return target
 
     def _prune(self) -> None:
-        steps = [s for s in self.committed_steps() if s not in self.keep]
+        steps = [s for s in self.committed_steps() if not self.is_milestone(s)]
         for old in steps[:-self.keep_last]:
             d = self.step_dir(old)
             d.delete(MARKER)  # uncommit first: a half-deleted checkpoint is never picked

@@ -82,6 +82,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     store = open_storage(cfg.data.path)
     if not store.exists("_manifest.json"):
         raise TrainConfigError(f"--data {store.uri}: no dataset there (no _manifest.json)")
+    if t.stop_at is not None and t.stop_at > t.steps:
+        raise TrainConfigError(
+            f"train.stop_at={t.stop_at} is past the end of the schedule (train.steps="
+            f"{t.steps}); raise train.steps to lengthen the run")
     if t.mode == "finetune" and not t.init_from and not cfg.checkpoint.resume:
         raise TrainConfigError("finetuning needs train.init_from=CHECKPOINT_URI (or --init)")
 
@@ -251,7 +255,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.precision == "fp16")
-        self.ckpt = CheckpointManager(cfg.output, keep_last=cfg.checkpoint.keep_last)
+        c = cfg.checkpoint
+        self.ckpt = CheckpointManager(cfg.output, keep_last=c.keep_last, keep=c.keep,
+                                      keep_every=c.keep_every)
         self.metrics = Metrics(cfg.output, enabled=self.rank == 0)
         self.step = 0
         self.stop_requested = False
@@ -373,8 +379,9 @@ class Trainer:
         cfg = self.cfg
         old = signal.signal(signal.SIGTERM, self._on_sigterm)
         kill_at = os.environ.get(KILL_AT_STEP_ENV)
+        end = cfg.train.stop_at or cfg.train.steps  # the schedule still spans train.steps
         try:
-            while self.step < cfg.train.steps:
+            while self.step < end:
                 t0 = time.perf_counter()
                 out = self.train_step()
                 if self.device.type == "cuda":
@@ -386,14 +393,15 @@ class Trainer:
                           "tokens_per_s_per_device": tps / self.world_size,
                           "mfu": (tps * self.flops_per_token / (self.world_size * self.peak))
                           if self.peak else None, "step_time_s": dt}
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                if self.step % cfg.train.log_every == 0 or self.step == end:
                     self.metrics.log(record)
                     if self.rank == 0:
                         log.info("step %d loss %.4f lr %.2e grad %.3f %.0f tok/s", self.step,
                                  out["loss"], out["lr"], out["grad_norm"], tps)
                 stop = self._all(float(self.stop_requested), dist.ReduceOp.MAX) > 0
                 every = cfg.checkpoint.every
-                if stop or self.step == cfg.train.steps or (every and self.step % every == 0):
+                if (stop or self.step == end or (every and self.step % every == 0)
+                        or self.ckpt.is_milestone(self.step)):
                     self.save()
                 if kill_at == str(self.step):
                     os.kill(os.getpid(), signal.SIGKILL)

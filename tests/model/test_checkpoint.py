@@ -3,6 +3,7 @@ trips on local disk and S3, and a 2-rank FSDP2 run resumed on 1, 2 and 4 ranks."
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -91,3 +92,37 @@ def test_fsdp2_shards_per_rank_and_resume_on_1_2_and_4_ranks(packed, tmp_path):
                 assert got[step] == expected[step]
             else:
                 assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), ranks
+
+
+
+def _fit(packed, out, steps: int, *extra: str) -> None:
+    """A tiny run in this process (same flags as ``python -m model.train``)."""
+    from model.train import parse
+    from model.trainer import Trainer
+
+    trainer = Trainer(parse(train_args(packed, out, steps, *extra)))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
+def test_stop_at_keeps_the_schedule_and_milestones_outlive_keep_last(packed, tmp_path):
+    """Stopping at step 5 of an 8-step schedule, then resuming to the end, gives the
+    uninterrupted run's lr and losses; milestones survive keep-last pruning."""
+    _fit(packed, tmp_path / "ref", 8, "--checkpoint.every=0")
+    run = tmp_path / "run"
+    milestones = ("--checkpoint.every=1", "--checkpoint.keep_last=1", "--checkpoint.keep=[2]",
+                  "--checkpoint.keep_every=3")
+    _fit(packed, run, 8, "--stop-at", "5", *milestones)
+    assert CheckpointManager(str(run)).committed_steps() == [2, 3, 5]
+    _fit(packed, run, 8, "--resume", "auto", *milestones)
+    assert CheckpointManager(str(run)).committed_steps() == [2, 3, 6, 8]
+
+    def lrs(path):
+        return {json.loads(line)["step"]: json.loads(line)["lr"]
+                for line in (path / "metrics.jsonl").read_text().splitlines()}
+    assert lrs(run) == lrs(tmp_path / "ref")  # not a 5-step schedule cut short
+    assert losses(run) == losses(tmp_path / "ref")
+    with pytest.raises(ValueError, match="train.stop_at=9 is past the end of the schedule"):
+        _fit(packed, tmp_path / "never", 8, "--stop-at", "9")
