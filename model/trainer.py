@@ -6,6 +6,13 @@ Exact resume: the data order is a pure function of the global sample index
 scheduler, gradient scaler, every rank's RNG states and the step, so a run killed at any
 moment and resumed with ``checkpoint.resume=auto`` computes the same losses as one that never
 stopped (bitwise on CPU with ``train.deterministic``).
+
+Data position: a checkpoint records ``samples_consumed``, the *global* windows consumed
+(step × ``train.global_batch``). Step ``s`` trains on windows ``[s·B, (s+1)·B)`` of the
+dataset's fixed order, however they are split over ranks and micro-batches, so a run resumed
+on another number of ranks reads exactly the windows the original would have; only the
+global batch must stay the same. Losses then match up to float summation order (and dropout,
+whose masks come from each rank's RNG).
 """
 
 from __future__ import annotations
