@@ -6,6 +6,7 @@ of each is reported with the ratio primer / raw (target: >= 0.95).
 
     .venv/bin/python bench/storage.py                # 512 MiB, 5 rounds
     .venv/bin/python bench/storage.py --mib 64 --rounds 2 --json out.json
+    .venv/bin/python bench/storage.py --single-write --mib 2048   # one write() of 2 GiB
 
 The raw client gets its best case: the object's length is known up front, so it uploads
 parts on parallel threads; primer's writer never knows the length (it is a stream).
@@ -19,6 +20,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,12 +84,79 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def single_write(store, mib: int, kind: type, chunk: int | None = None) -> dict:
+    """One ``write()`` of the whole object (what ``write_bytes`` of a checkpoint does), or the
+    same data in ``chunk``-byte writes for reference: its time, and the process's RSS above the
+    data while it runs (sampled every 20 ms)."""
+    data = kind(os.urandom(mib << 20))
+    base = rss_bytes()
+    peak, done = base, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    with store.open_write("single.bin") as f:
+        if chunk:
+            view = memoryview(data)
+            for i in range(0, len(view), chunk):
+                f.write(view[i:i + chunk])
+        else:
+            f.write(data)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    assert store.stat("single.bin").size == len(data)
+    store.delete("single.bin")
+    del data
+    return {"kind": kind.__name__ + (f" in {chunk >> 20} MiB writes" if chunk else ""),
+            "seconds": round(seconds, 2),
+            "MiB_per_s": round(mib / seconds, 1),
+            "rss_above_data_mib": round((peak - base) / 2**20, 1),
+            "rss_above_data_parts": round((peak - base) / PART_SIZE, 2)}
+
+
+def main_single(args) -> None:
+    results = []
+    with s3_server() as server:
+        os.environ.update(server.env())
+        server.client().make_bucket("bench")
+        store = open_storage("s3://bench/primer")
+        for kind, chunk in ((bytes, None), (bytearray, None), (bytes, CHUNK)):
+            r = single_write(store, args.mib, kind, chunk)
+            results.append(r)
+            print(f"single write() of {args.mib} MiB {r['kind']:22}: {r['seconds']:6.2f} s "
+                  f"({r['MiB_per_s']} MiB/s), RSS above the data {r['rss_above_data_mib']} "
+                  f"MiB = {r['rss_above_data_parts']} parts")
+    if args.json:
+        result = {"single_write": {"object_mib": args.mib, "part_mib": PART_SIZE >> 20,
+                                   "server": "SeaweedFS weed server -s3 on loopback",
+                                   "runs": results}}
+        path = Path(args.json)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**old, **result}, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mib", type=int, default=512, help="object size in MiB")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--single-write", action="store_true",
+                    help="time one write() of the whole object (bytes, then bytearray) and "
+                         "the RSS it needs beyond the data; --json merges into the file")
     args = ap.parse_args()
+    if args.single_write:
+        return main_single(args)
     size = args.mib << 20
     block = os.urandom(PART_SIZE + 12345)  # odd length: parts never repeat byte-for-byte
 

@@ -50,12 +50,16 @@ def train(
     data: Annotated[str | None, typer.Option(help="Packed or text dataset URI (text is "
                                              "packed into OUTPUT/data first).")] = None,
     output: Annotated[str | None, typer.Option(help="Run URI (path or s3://).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Length of the run and its LR schedule.")]
+    = None,
+    stop_at: Annotated[int | None, typer.Option(help="Stop after this step; same schedule.")]
+    = None,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint URI.")] = None,
 ) -> None:
     """Pretrain a phi model in this process (several: torchrun -m model.train …)."""
     _run(_config(ctx, preset, False, {"data.path": data, "output": output,
-                                      "train.steps": steps, "checkpoint.resume": resume}))
+                                      "train.steps": steps, "train.stop_at": stop_at,
+                                      "checkpoint.resume": resume}))
 
 
 def finetune(
@@ -66,12 +70,16 @@ def finetune(
     data: Annotated[str | None, typer.Option(help="Exercises (prompt/completion columns) or "
                                              "a finetune pack.")] = None,
     output: Annotated[str | None, typer.Option(help="Run URI.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Length of the run and its LR schedule.")]
+    = None,
+    stop_at: Annotated[int | None, typer.Option(help="Stop after this step; same schedule.")]
+    = None,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint URI.")] = None,
 ) -> None:
     """Finetune on exercises (lr 1e-4, warmup 50, wd 0.01; loss on solution tokens)."""
     _run(_config(ctx, preset, True, {"data.path": data, "output": output, "train.steps": steps,
-                                     "checkpoint.resume": resume, "train.init_from": init}))
+                                     "train.stop_at": stop_at, "checkpoint.resume": resume,
+                                     "train.init_from": init}))
 
 
 def pack(

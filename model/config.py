@@ -26,6 +26,8 @@ class ModelConfig(ConfigModel):
     vocab_size: int | None = Field(51200, description=(
         "Embedding rows; None sizes it from the tokenizer (rounded up to a multiple of 64)."))
     dropout: float = Field(0.0, ge=0, lt=1, description="Residual and embedding dropout.")
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout on the attention probabilities (the paper: 0.1 with residual dropout)."))
     attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field("auto", description=(
         "Attention kernel; auto = flash_attention_2 when flash-attn (extra `gpu`) is installed "
         "and a CUDA device is used, else sdpa."))
@@ -74,7 +76,11 @@ class LoopConfig(ConfigModel):
 
     mode: Literal["pretrain", "finetune"] = Field("pretrain", description=(
         "finetune starts from init_from and may train on solution tokens only."))
-    steps: int = Field(36_000, ge=1, description="Optimizer steps to train in total.")
+    steps: int = Field(36_000, ge=1, description=(
+        "Length of the run in optimizer steps: the LR schedule warms up and decays over it."))
+    stop_at: int | None = Field(None, ge=1, description=(
+        "Stop after this step (None: at train.steps) without changing the schedule, e.g. "
+        "phi-1-base is phi-1's step 24,000 of 36,000; a later run resumes to the end."))
     global_batch: int = Field(1024, ge=1, description="Sequences per optimizer step, all ranks.")
     micro_batch: int = Field(8, ge=1, description="Sequences per rank per forward/backward.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description=(
@@ -95,6 +101,11 @@ class CheckpointConfig(ConfigModel):
 
     every: int = Field(1000, ge=0, description="Save every N steps (0: only at the end).")
     keep_last: int = Field(3, ge=1, description="Committed checkpoints kept; older are deleted.")
+    keep: list[int] = Field(default_factory=list, description=(
+        "Milestone steps: always checkpointed and never pruned (phi-1-base: 24000)."))
+    keep_every: int = Field(0, ge=0, description=(
+        "Also checkpoint and keep every N-th step, e.g. 1000 for the finetune candidates; "
+        "0: none."))
     resume: str = Field("", description=(
         "'' starts fresh; 'auto' resumes from the newest committed checkpoint of this run if "
         "there is one; or a checkpoint URI."))

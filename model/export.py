@@ -23,7 +23,7 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
     trainer = load_object(ckpt, "trainer.pt")
     cfg = TrainConfig.model_validate(trainer["config"])
     model = build_model(cfg.model, trainer["vocab_size"], attn_implementation="sdpa")
-    model.load_state_dict(load_model_state(ckpt))
+    model.load_state_dict(load_model_state(ckpt))  # the whole model, unsharded, here
     tok = load_tokenizer(trainer["tokenizer"])
     for c in (model.config, model.generation_config):
         c.eos_token_id = c.bos_token_id = c.pad_token_id = tok.eos_token_id

@@ -30,13 +30,15 @@ def parse(argv: list[str]):
     p.add_argument("--preset", default="tiny", help="phi1, phi1_small or tiny")
     p.add_argument("--data", help="packed token dataset, or a text dataset to pack first")
     p.add_argument("--output", help="run URI for checkpoints and metrics")
-    p.add_argument("--steps", type=int, help="optimizer steps in total")
+    p.add_argument("--steps", type=int, help="length of the run (and its LR schedule)")
+    p.add_argument("--stop-at", type=int, help="stop after this step; the schedule is unchanged")
     p.add_argument("--resume", help="'auto' or a checkpoint URI")
     p.add_argument("--finetune", action="store_true", help="the CodeExercises finetune variant")
     p.add_argument("--init", help="checkpoint whose weights start the run (finetuning)")
     p.add_argument("--config", help="YAML file with config sections")
     args, overrides = p.parse_known_args(argv)
     flags = {"data.path": args.data, "output": args.output, "train.steps": args.steps,
+             "train.stop_at": args.stop_at,
              "checkpoint.resume": args.resume, "train.init_from": args.init}
     overrides += [f"--{k}={v}" for k, v in flags.items() if v is not None]
     return make_config(args.preset, overrides, finetuning=args.finetune,

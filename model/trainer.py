@@ -6,6 +6,13 @@ Exact resume: the data order is a pure function of the global sample index
 scheduler, gradient scaler, every rank's RNG states and the step, so a run killed at any
 moment and resumed with ``checkpoint.resume=auto`` computes the same losses as one that never
 stopped (bitwise on CPU with ``train.deterministic``).
+
+Data position: a checkpoint records ``samples_consumed``, the *global* windows consumed
+(step × ``train.global_batch``). Step ``s`` trains on windows ``[s·B, (s+1)·B)`` of the
+dataset's fixed order, however they are split over ranks and micro-batches, so a run resumed
+on another number of ranks reads exactly the windows the original would have; only the
+global batch must stay the same. Losses then match up to float summation order (and dropout,
+whose masks come from each rank's RNG).
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
 from model.checkpoint import (
     CheckpointManager,
-    load_checkpoint,
-    load_model_state,
+    load_sharded,
+    load_trainer,
     open_committed,
 )
 from model.config import TrainConfig
@@ -80,6 +89,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     store = open_storage(cfg.data.path)
     if not store.exists("_manifest.json"):
         raise TrainConfigError(f"--data {store.uri}: no dataset there (no _manifest.json)")
+    if t.stop_at is not None and t.stop_at > t.steps:
+        raise TrainConfigError(
+            f"train.stop_at={t.stop_at} is past the end of the schedule (train.steps="
+            f"{t.steps}); raise train.steps to lengthen the run")
     if t.mode == "finetune" and not t.init_from and not cfg.checkpoint.resume:
         raise TrainConfigError("finetuning needs train.init_from=CHECKPOINT_URI (or --init)")
 
@@ -226,8 +239,6 @@ class Trainer:
         attn = attention_implementation(cfg.model, self.device)
         model = build_model(cfg.model, self.vocab, device=self.device,
                             attn_implementation=attn)
-        if cfg.train.init_from:
-            model.load_state_dict(load_model_state(open_committed(cfg.train.init_from)))
         self.n_params = count_parameters(model)
         n_embed = model.model.embed_tokens.weight.numel()
         m, T = cfg.model, self.data.seq_len
@@ -237,6 +248,8 @@ class Trainer:
         self.model = parallelize(model, cfg.parallel, world_size=self.world_size,
                                  device=self.device, param_dtype=self.dtype)
         self.model.train()
+        if cfg.train.init_from:
+            self._init_from(cfg.train.init_from)
 
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -249,7 +262,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.precision == "fp16")
-        self.ckpt = CheckpointManager(cfg.output, keep_last=cfg.checkpoint.keep_last)
+        c = cfg.checkpoint
+        self.ckpt = CheckpointManager(cfg.output, keep_last=c.keep_last, keep=c.keep,
+                                      keep_every=c.keep_every)
         self.metrics = Metrics(cfg.output, enabled=self.rank == 0)
         self.step = 0
         self.stop_requested = False
@@ -265,29 +280,42 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
 
-    def _options(self) -> StateDictOptions:
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    def _state(self) -> dict:
+        """This rank's shards of the model and optimizer (FSDP2: DTensors; DDP: replicas,
+        which DCP writes once), keyed by parameter name."""
+        model_sd, optim_sd = get_state_dict(unwrap(self.model), self.optimizer,
+                                            options=StateDictOptions(full_state_dict=False))
+        return {"model": model_sd, "optim": optim_sd}
+
+    def _init_from(self, uri: str) -> None:
+        """Start from the weights of the committed checkpoint at ``uri``, each rank reading
+        its own shards."""
+        model = unwrap(self.model)
+        state = {"model": get_model_state_dict(model)}
+        load_sharded(open_committed(uri), state)
+        set_model_state_dict(model, state["model"])
 
     def save(self) -> None:
-        model_sd, optim_sd = get_state_dict(unwrap(self.model), self.optimizer,
-                                            options=self._options())
         trainer = {"step": self.step, "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict(),
+                   # Global windows consumed: independent of the number of ranks.
                    "data": {"uri": self.data_uri, "seed": self.data.seed,
                             "samples_consumed": self.step * self.cfg.train.global_batch},
                    "vocab_size": self.vocab, "tokenizer": self.tokenizer_uri,
                    "config": self.cfg.model_dump(mode="json")}
         self.metrics.sync()
-        self.ckpt.save(self.step, model_sd, optim_sd, trainer, rng_state())
+        self.ckpt.save(self.step, self._state(), trainer, rng_state())
 
     def resume(self, spec: str) -> None:
         ckpt = self.ckpt.resolve(spec)
         if ckpt is None:
             log.info("resume=%s: no committed checkpoint yet; starting fresh", spec)
             return
-        state = load_checkpoint(ckpt, self.rank)
-        set_state_dict(unwrap(self.model), self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"], options=self._options())
+        sharded = self._state()
+        load_sharded(ckpt, sharded)
+        set_state_dict(unwrap(self.model), self.optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict=sharded["optim"])
+        state = load_trainer(ckpt, self.rank)
         t = state["trainer"]
         self.scheduler.load_state_dict(t["scheduler"])
         self.scaler.load_state_dict(t["scaler"])
@@ -358,8 +386,9 @@ class Trainer:
         cfg = self.cfg
         old = signal.signal(signal.SIGTERM, self._on_sigterm)
         kill_at = os.environ.get(KILL_AT_STEP_ENV)
+        end = cfg.train.stop_at or cfg.train.steps  # the schedule still spans train.steps
         try:
-            while self.step < cfg.train.steps:
+            while self.step < end:
                 t0 = time.perf_counter()
                 out = self.train_step()
                 if self.device.type == "cuda":
@@ -371,14 +400,15 @@ class Trainer:
                           "tokens_per_s_per_device": tps / self.world_size,
                           "mfu": (tps * self.flops_per_token / (self.world_size * self.peak))
                           if self.peak else None, "step_time_s": dt}
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                if self.step % cfg.train.log_every == 0 or self.step == end:
                     self.metrics.log(record)
                     if self.rank == 0:
                         log.info("step %d loss %.4f lr %.2e grad %.3f %.0f tok/s", self.step,
                                  out["loss"], out["lr"], out["grad_norm"], tps)
                 stop = self._all(float(self.stop_requested), dist.ReduceOp.MAX) > 0
                 every = cfg.checkpoint.every
-                if stop or self.step == cfg.train.steps or (every and self.step % every == 0):
+                if (stop or self.step == end or (every and self.step % every == 0)
+                        or self.ckpt.is_milestone(self.step)):
                     self.save()
                 if kill_at == str(self.step):
                     os.kill(os.getpid(), signal.SIGKILL)

@@ -367,8 +367,8 @@ class _S3Writer(io.RawIOBase):
     def __init__(self, storage: S3Storage, key: str, name: str):
         self._s, self._key, self._name = storage, key, name
         self._part = storage.part_size
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        self._buf: bytearray | None = None  # the part being filled; handed off when full
+        self._fill = 0
         self._upload_id: str | None = None
         self._parts: list[Future[str]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -379,21 +379,47 @@ class _S3Writer(io.RawIOBase):
         return True
 
     def write(self, b) -> int:  # type: ignore[override]
+        """Buffer ``b`` into parts, copying each byte at most once (never for ``bytes``).
+
+        A write larger than a part is cut into memoryview slices: whole parts of an immutable
+        ``bytes`` go up without a copy; those of a mutable buffer (the caller may reuse it once
+        this returns) are copied once each, as they are sent. Only the tail shorter than a part
+        is copied into the part buffer.
+        """
         if self._done:
             raise ValueError(f"write to {self._s.url(self._key)} after it was committed")
-        n = len(b)
-        # Keep the caller's chunks and join them once per part: one copy per byte uploaded.
-        self._chunks.append(bytes(b))
-        self._buffered += n
-        while self._buffered >= self._part:
-            blob = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._send(blob[: self._part] if len(blob) > self._part else blob)
-            rest = blob[self._part:]
-            self._chunks = [rest] if rest else []
-            self._buffered = len(rest)
+        view = memoryview(b).cast("B")
+        n, pos = len(view), 0
+        if self._fill:  # top up the part already started
+            pos = self._copy_in(view)
+        while n - pos >= self._part:
+            piece = view[pos:pos + self._part]
+            self._send(piece if isinstance(b, bytes) else bytes(piece))
+            pos += self._part
+        if pos < n:
+            self._copy_in(view[pos:])
         return n
 
-    def _send(self, data: bytes) -> None:
+    def _copy_in(self, view: memoryview) -> int:
+        """Copy as much of ``view`` as fits into the part buffer; send the part when full."""
+        if self._buf is None:
+            self._buf = bytearray(self._part)
+        take = min(len(view), len(self._buf) - self._fill)
+        # Through a memoryview: bytearray slice assignment would copy the source first.
+        memoryview(self._buf)[self._fill:self._fill + take] = view[:take]
+        self._fill += take
+        if self._fill == len(self._buf):
+            buf, self._buf, self._fill = self._buf, None, 0
+            self._send(buf)  # ownership passes to the upload: no copy
+        return take
+
+    def _take_tail(self) -> bytes | memoryview:
+        """The partly filled part (for commit), without copying it."""
+        buf, fill = self._buf, self._fill
+        self._buf, self._fill = None, 0
+        return memoryview(buf)[:fill] if buf is not None else b""
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
         c, bucket, name = self._s.client, self._s.bucket, self._name
         if self._upload_id is None:
             self._upload_id = self._s._retry(
@@ -423,11 +449,12 @@ class _S3Writer(io.RawIOBase):
         self._done = True
         c, bucket, name = self._s.client, self._s.bucket, self._name
         try:
-            data = b"".join(self._chunks)
-            self._chunks, self._buffered = [], 0
+            data = self._take_tail()
             if self._upload_id is None:
-                self._s._retry("write", lambda: c.put_object(bucket, name, io.BytesIO(data),
-                                                              len(data)), self._key)
+                # One PutObject with the buffer as its body (put_object would copy it again).
+                self._s._retry("write", lambda: c._put_object(
+                    bucket, name, data if len(data) else b"",
+                    {"Content-Type": "application/octet-stream"}), self._key)
                 return
             if data:
                 self._send(data)
@@ -447,7 +474,7 @@ class _S3Writer(io.RawIOBase):
         if self._done:
             return
         self._done = True
-        self._chunks, self._buffered = [], 0
+        self._buf, self._fill = None, 0
         self._abort_upload()
         if self._pool is not None:
             self._pool.shutdown(wait=True)

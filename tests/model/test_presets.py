@@ -56,3 +56,16 @@ def test_overrides_apply_and_bad_ones_fail_with_the_key():
     with pytest.raises(PresetError, match="unknown preset 'phi2'; choose one of phi1, "
                                           "phi1_small, tiny"):
         make_config("phi2")
+
+
+def test_paper_schedule_milestones_and_dropout():
+    cfg = get_preset("phi1")
+    assert (cfg.train.steps, cfg.train.stop_at, cfg.checkpoint.keep) == (36_000, None, [24_000])
+    assert build_model(cfg.model, device="meta").config.attention_dropout == 0.1
+    assert get_preset("phi1_small").checkpoint.keep == [24_000]
+    ft = get_preset("phi1", finetuning=True)
+    assert (ft.train.steps, ft.checkpoint.every, ft.checkpoint.keep_every) == (6000, 1000, 1000)
+    assert ft.checkpoint.keep == []
+    for name in ("phi1", "phi1_small", "tiny"):
+        doc = get_preset.__globals__[name].__doc__
+        assert "Deviations" in doc or "Not a paper model" in doc, name
