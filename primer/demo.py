@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import time
 import zlib
 from collections import Counter
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from primer.datasets import Producer, ShardInfo, commit_dataset, read_manifest, write_shard
 from primer.executor import Job, LocalExecutor, WorkUnit
@@ -173,9 +176,33 @@ def read_stage(raw_uri: str, state_uri: str, quick: bool, files_limit: int,
 # -- running the real commands --------------------------------------------------------------
 
 class DemoError(RuntimeError):
-    def __init__(self, stage: str, detail: str):
+    """A stage failed: ``detail`` is the error's own last lines, ``log`` the stage's full log."""
+
+    def __init__(self, stage: str, detail: str, log: Path | None = None):
         super().__init__(f"stage {stage} failed: {detail}")
-        self.stage = stage
+        self.stage, self.detail, self.log = stage, detail, log
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BOX = "╭╮╰╯│─"
+
+
+def error_tail(output: str, max_lines: int = 8) -> str:
+    """The error's own last lines out of a failed command's output: the exception after the
+    last frame of a Python traceback (plain, or after a rich traceback box), else the last
+    lines printed. Frames stay in the log; the reader needs the message first."""
+    lines = [ANSI.sub("", line).rstrip() for line in output.splitlines()]
+    boxed = [i for i, line in enumerate(lines) if line.startswith("╰")]
+    if boxed:  # a rich traceback: the exception follows its box
+        lines = lines[boxed[-1] + 1:]
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if frames:  # a plain traceback: skip the last frame's source lines (indented 4+)
+        i = frames[-1] + 1
+        while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+            i += 1
+        lines = lines[i:]
+    lines = [line for line in lines if line.strip() and not set(line.strip()) <= set(BOX)]
+    return "\n".join(lines[-max_lines:])
 
 
 def primer_command() -> str:
@@ -225,14 +252,15 @@ class Demo:
         self.console.print(f"  [dim]$ {shown}[/]", highlight=False, soft_wrap=True)
         env = {**os.environ, "COLUMNS": "120", "TOKENIZERS_PARALLELISM": "false",
                "OMP_NUM_THREADS": str(self.workers), "TRANSFORMERS_VERBOSITY": "error",
-               "HF_HUB_OFFLINE": "1"}
+               "HF_HUB_OFFLINE": "1",
+               "TYPER_STANDARD_TRACEBACK": "1"}  # plain tracebacks: the log reads as text
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         log = self.run_dir / "logs" / f"{stage}.log"
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {shown}\n{proc.stdout}\n{proc.stderr}\n[exit {proc.returncode}]\n")
         if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise DemoError(stage, f"`{shown}` exited {proc.returncode}; log {log}\n{tail}")
+            tail = error_tail(proc.stderr if proc.stderr.strip() else proc.stdout)
+            raise DemoError(stage, f"`{shown}` exited {proc.returncode}\n{tail}", log)
         return proc.stdout
 
     # -- stages ----------------------------------------------------------------------------
@@ -538,7 +566,13 @@ def run(data_root: str = "./primer-data", run_name: str = "demo", quick: bool = 
     try:
         path = demo.run(ablation)
     except DemoError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        head, _, detail = str(e).partition("\n")
+        console.print(f"[bold red]error:[/] {escape(head)}", highlight=False, soft_wrap=True)
+        if detail:
+            console.print(escape(textwrap.indent(detail, "  ")), highlight=False,
+                          soft_wrap=True)
+        if e.log:
+            console.print(f"[bold]full log:[/] {e.log}", highlight=False, soft_wrap=True)
         console.print("Fix the cause and rerun the same command: finished stages are resumed.")
         raise SystemExit(1) from None
     console.print(f"[bold green]report:[/] {path}", highlight=False)
