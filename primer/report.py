@@ -355,6 +355,9 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
     B: list[tuple[str, Any]] = []
     imgs: dict[str, bytes] = {}
     mode = "--quick (the test suite's setting)" if facts["quick"] else "full"
+    if facts.get("plan_changes"):
+        mode += " with these sizes changed: " + ", ".join(
+            f"{k}={v}" for k, v in facts["plan_changes"].items())
     B.append(("p", f"Run folder: {run}. Mode: {mode}. Worker processes: {facts['workers']}. "
                    f"Model: the `tiny` phi preset (2 layers, 128 wide, context 256), "
                    f"byte-level BPE of {plan['vocab']} tokens trained on the curated code, "
@@ -516,9 +519,11 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
                        f"and of the data order). (a) unfiltered: every file read, only "
                        f"decontaminated; (b) filtered: the curated code; (c) "
                        f"{facts.get('ablation_synthetic', '')}. NLL over all 164 canonical "
-                       f"HumanEval solutions; pass@1 on "
-                       f"{plan['ablation_eval_limit'] or 'all'} problems per benchmark. "
-                       f"Mean ± sample standard deviation over seeds."))
+                       f"HumanEval solutions; "
+                       + (f"pass@1 on {plan.get('ablation_eval_limit') or 'all'} problems per "
+                          f"benchmark. " if plan.get("ablation_pass_at_1", True) else
+                          "pass@1 not measured in this run (0% at this scale). ")
+                       + "Mean ± sample standard deviation over seeds."))
         rows = []
         for r in g.get("ablation", []):
             rows.append([r["arm"], str(r["seeds"]),
