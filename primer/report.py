@@ -511,7 +511,7 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
 
     # ablation
     if facts.get("ablation"):
-        B.append(("h2", "Ablation: the same token budget on three data mixes"))
+        B.append(("h2", "Ablation: the same token budget on each data mix"))
         steps = plan["ablation_steps"]
         B.append(("p", f"Each arm trains the tiny model from scratch for {steps} steps × 16 × "
                        f"{plan['seq_len']} = {steps * 16 * plan['seq_len']:,} tokens, seeds "
