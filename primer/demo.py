@@ -24,20 +24,25 @@ write only through core formats: dataset manifests, summary.json, metrics.jsonl,
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import time
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from primer.datasets import Producer, ShardInfo, commit_dataset, read_manifest, write_shard
 from primer.executor import Job, LocalExecutor, WorkUnit
@@ -77,6 +82,7 @@ class Plan:
     ablation_steps: int = 30
     ablation_seeds: tuple[int, ...] = (0, 1)
     ablation_eval_limit: int | None = 10
+    ablation_pass_at_1: bool = True  # NLL always; pass@1 is 0% at this scale but costs most
 
 
 QUICK = Plan(files=240, site_packages=False, annotate_sample=120, embed_tokens=96,
@@ -173,9 +179,33 @@ def read_stage(raw_uri: str, state_uri: str, quick: bool, files_limit: int,
 # -- running the real commands --------------------------------------------------------------
 
 class DemoError(RuntimeError):
-    def __init__(self, stage: str, detail: str):
+    """A stage failed: ``detail`` is the error's own last lines, ``log`` the stage's full log."""
+
+    def __init__(self, stage: str, detail: str, log: Path | None = None):
         super().__init__(f"stage {stage} failed: {detail}")
-        self.stage = stage
+        self.stage, self.detail, self.log = stage, detail, log
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BOX = "╭╮╰╯│─"
+
+
+def error_tail(output: str, max_lines: int = 8) -> str:
+    """The error's own last lines out of a failed command's output: the exception after the
+    last frame of a Python traceback (plain, or after a rich traceback box), else the last
+    lines printed. Frames stay in the log; the reader needs the message first."""
+    lines = [ANSI.sub("", line).rstrip() for line in output.splitlines()]
+    boxed = [i for i, line in enumerate(lines) if line.startswith("╰")]
+    if boxed:  # a rich traceback: the exception follows its box
+        lines = lines[boxed[-1] + 1:]
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if frames:  # a plain traceback: skip the last frame's source lines (indented 4+)
+        i = frames[-1] + 1
+        while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+            i += 1
+        lines = lines[i:]
+    lines = [line for line in lines if line.strip() and not set(line.strip()) <= set(BOX)]
+    return "\n".join(lines[-max_lines:])
 
 
 def primer_command() -> str:
@@ -205,6 +235,7 @@ class Demo:
         self.run_dir = Path(store.uri.removeprefix("file://"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.plan, self.quick, self.workers = plan, quick, workers
+        self.threads = workers  # per command; 1 while several commands run side by side
         self.teacher_url, self.teacher_model = teacher_url, teacher_model
         self.console = console
         self.stages: list[StageRecord] = []
@@ -224,15 +255,17 @@ class Demo:
         record.commands.append(shown)
         self.console.print(f"  [dim]$ {shown}[/]", highlight=False, soft_wrap=True)
         env = {**os.environ, "COLUMNS": "120", "TOKENIZERS_PARALLELISM": "false",
-               "OMP_NUM_THREADS": str(self.workers), "TRANSFORMERS_VERBOSITY": "error",
-               "HF_HUB_OFFLINE": "1"}
+               "OMP_NUM_THREADS": str(self.threads), "TRANSFORMERS_VERBOSITY": "error",
+               "HF_HUB_OFFLINE": "1",
+               "TYPER_STANDARD_TRACEBACK": "1"}  # plain tracebacks: the log reads as text
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         log = self.run_dir / "logs" / f"{stage}.log"
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {shown}\n{proc.stdout}\n{proc.stderr}\n[exit {proc.returncode}]\n")
         if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise DemoError(stage, f"`{shown}` exited {proc.returncode}; log {log}\n{tail}")
+            tail = error_tail(proc.stderr if proc.stderr.strip() else proc.stdout)
+            name = " ".join(["primer", *itertools.takewhile(str.isidentifier, args)])
+            raise DemoError(stage, f"`{name}` exited {proc.returncode}\n{tail}", log)
         return proc.stdout
 
     # -- stages ----------------------------------------------------------------------------
@@ -281,10 +314,11 @@ class Demo:
             self.sh(stage, ["export", run, out], rec)
 
     def evaluate(self, stage: str, rec: StageRecord, model: str, out: str,
-                 limit: int | None, nll_limit: int | None) -> None:
+                 limit: int | None, nll_limit: int | None, pass_at_1: bool = True) -> None:
         pl = self.plan
         lim = [f"--limit={limit}"] if limit else []
-        if not all((Path(out) / b / "summary.json").exists() for b in ("humaneval", "mbpp")):
+        if pass_at_1 and not all((Path(out) / b / "summary.json").exists()
+                                 for b in ("humaneval", "mbpp")):
             self.sh(stage, ["eval", "run", "--model", model, "-b", "humaneval,mbpp",
                             "--output", out, *lim,
                             f"--generation.max_new_tokens={pl.eval_new_tokens}",
@@ -479,12 +513,15 @@ class Demo:
         syn = None
         if _has_manifest(R("textbooks-clean")) and read_manifest(R("textbooks-clean")).rows:
             syn = R("pack-codetextbook")
-        arms["filtered+synthetic"] = [syn] if syn else [R("curated-clean")]
+        if syn:
+            arms["filtered+synthetic"] = [syn]
         self.facts["ablation_synthetic"] = (
-            "filtered code + the valid synthetic textbooks (the CodeTextbook pack)" if syn
-            else "no valid synthetic textbooks: this arm equals the filtered arm (toy teacher)")
+            "filtered+synthetic: the filtered code + the valid synthetic textbooks (the "
+            "CodeTextbook pack)" if syn else "filtered+synthetic: not trained, because no "
+            "synthetic textbook was valid (toy teacher), so it would be the filtered arm again")
 
         def ablate(rec: StageRecord) -> str:
+            packs: dict[str, str] = {}
             for arm, sources in arms.items():
                 slug = arm.replace("+", "-")
                 pack = sources[0] if sources[0].endswith("pack-codetextbook") \
@@ -492,16 +529,27 @@ class Demo:
                 if not _has_manifest(pack):
                     self.sh("ablation", ["pack", *sources, "--output", pack, "--tokenizer", tok,
                                          "--seq-len", str(pl.seq_len), "--workers", w], rec)
-                for seed in pl.ablation_seeds:
-                    run = R("ablation", f"{slug}-seed{seed}")
-                    model = R("ablation", "models", f"{slug}-seed{seed}")
-                    if not self.committed(run, pl.ablation_steps):
-                        self.train("ablation", rec, pack, run, pl.ablation_steps,
-                                   [f"--train.seed={seed}", f"--data.seed={seed}"])
-                    self.export("ablation", rec, run, model)
-                    self.evaluate("ablation", rec, model, R("ablation", "eval",
-                                                            f"{slug}-seed{seed}"),
-                                  pl.ablation_eval_limit, None)
+                packs[arm] = pack
+
+            def unit(arm: str, seed: int) -> None:
+                name = f"{arm.replace('+', '-')}-seed{seed}"
+                run, model = R("ablation", name), R("ablation", "models", name)
+                if not self.committed(run, pl.ablation_steps):
+                    self.train("ablation", rec, packs[arm], run, pl.ablation_steps,
+                               [f"--train.seed={seed}", f"--data.seed={seed}"])
+                self.export("ablation", rec, run, model)
+                self.evaluate("ablation", rec, model, R("ablation", "eval", name),
+                              pl.ablation_eval_limit, None, pl.ablation_pass_at_1)
+
+            # Arms and seeds are independent runs: one per worker, one thread each.
+            self.threads = 1
+            try:
+                with ThreadPoolExecutor(self.workers) as pool:
+                    for done in [pool.submit(unit, a, s) for a in arms
+                                 for s in pl.ablation_seeds]:
+                        done.result()
+            finally:
+                self.threads = self.workers
             return (f"{len(arms)} arms × {len(pl.ablation_seeds)} seeds, "
                     f"{pl.ablation_steps} steps × 16 × {pl.seq_len} tokens each")
         self.run_stage("ablation", R("ablation"), all(
@@ -527,18 +575,29 @@ def _quote(arg: str) -> str:
 
 def run(data_root: str = "./primer-data", run_name: str = "demo", quick: bool = False,
         workers: int | None = None, console: Console | None = None, ablation: bool = False,
-        teacher_url: str | None = None, teacher_model: str | None = None) -> Path:
-    """Run (or resume) the demo; returns the path of the HTML report."""
+        teacher_url: str | None = None, teacher_model: str | None = None,
+        plan: Plan | None = None) -> Path:
+    """Run (or resume) the demo; returns the path of the HTML report. ``plan`` replaces the
+    sizes of ``--quick`` or the full run (benchmarks use it; the report lists what changed)."""
     console = console or Console()
-    plan = QUICK if quick else FULL
+    base = QUICK if quick else FULL
+    plan = plan or base
     demo = Demo(data_root, run_name, plan, quick, workers or min(2, os.cpu_count() or 1),
                 teacher_url, teacher_model, console)
+    demo.facts["plan_changes"] = {k: v for k, v in asdict(plan).items()
+                                  if v != asdict(base)[k]}
     console.print(f"[bold]primer demo[/] {'--quick ' if quick else ''}run {run_name} → "
                   f"{demo.run_dir}")
     try:
         path = demo.run(ablation)
     except DemoError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        head, _, detail = str(e).partition("\n")
+        console.print(f"[bold red]error:[/] {escape(head)}", highlight=False, soft_wrap=True)
+        if detail:
+            console.print(escape(textwrap.indent(detail, "  ")), highlight=False,
+                          soft_wrap=True)
+        if e.log:
+            console.print(f"[bold]full log:[/] {e.log}", highlight=False, soft_wrap=True)
         console.print("Fix the cause and rerun the same command: finished stages are resumed.")
         raise SystemExit(1) from None
     console.print(f"[bold green]report:[/] {path}", highlight=False)

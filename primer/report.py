@@ -38,7 +38,15 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:  # a run killed mid-write leaves a partial last line: the rest still plots
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) \
+                and isinstance(row.get("loss"), (int, float)) and math.isfinite(row["loss"]):
+            rows.append(row)
     by_step = {r["step"]: r for r in rows}  # a resumed run may repeat steps: keep the last
     return [by_step[s] for s in sorted(by_step)]
 
@@ -54,6 +62,12 @@ def _fmt(v: Any) -> str:
 
 
 # -- plots ----------------------------------------------------------------------------------
+# Each takes plain numbers (what ``gather`` read) and returns PNG bytes; ``build`` decides
+# whether there is anything to draw and says so in text when there is not.
+
+PALETTE = ["#2a7ab0", "#e67e22", "#8e44ad", "#16a085", "#c0392b", "#7f8c8d", "#d4ac0d",
+           "#2c3e50", "#e84393", "#6ab04c"]
+
 
 def _plt():
     import matplotlib
@@ -72,16 +86,74 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_hist(hist_all: list[int], hist_kept: list[int], threshold: float) -> bytes:
+def _label_bars(ax, bars, values) -> None:
+    for bar, v in zip(bars, values, strict=True):
+        ax.annotate(f"{v:,}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+
+
+def plot_funnel(steps: list[tuple[str, int]], drops: dict[str, int]) -> bytes:
+    """Files left after each curation step (left) and files dropped per reason code (right)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(steps), len(drops), 4)
+                                                     + 1.2), width_ratios=[1.1, 1])
+    names, counts = [n for n, _ in steps][::-1], [c for _, c in steps][::-1]
+    _label_bars(left, left.barh(names, counts, color="#2a7ab0"), counts)
+    left.set_xlabel("files")
+    left.set_title("files left after each step", fontsize=10)
+    left.set_xlim(0, max(counts, default=1) * 1.18 or 1)
+    if drops:
+        reasons = sorted(drops, key=lambda r: (drops[r], r))
+        _label_bars(right, right.barh(reasons, [drops[r] for r in reasons], color="#c0392b"),
+                    [drops[r] for r in reasons])
+        right.set_xlim(0, max(drops.values()) * 1.18 or 1)
+    else:
+        right.text(0.5, 0.5, "no file dropped", ha="center", va="center",
+                   transform=right.transAxes)
+        right.set_yticks([])
+    right.set_xlabel("files")
+    right.set_title("dropped, per reason code", fontsize=10)
+    return _png(fig)
+
+
+def plot_validity(kinds: dict[str, dict[str, Any]]) -> bytes:
+    """One stacked bar per kind of synthetic data: valid records, then each reason for drops."""
+    plt = _plt()
+    reasons = sorted({r for v in kinds.values() for r in v["drops"]})
+    colour = {r: PALETTE[1 + i % (len(PALETTE) - 1)] for i, r in enumerate(reasons)}
+    fig, ax = plt.subplots(figsize=(8, 0.8 * len(kinds) + 1.8))
+    names = list(kinds)
+    left = [0] * len(names)
+    for label, counts, c in [("valid", [kinds[k]["valid"] for k in names], "#27ae60")] + [
+            (r, [kinds[k]["drops"].get(r, 0) for k in names], colour[r]) for r in reasons]:
+        ax.barh(names, counts, left=left, color=c, label=label, edgecolor="white")
+        left = [a + b for a, b in zip(left, counts, strict=True)]
+    for i, k in enumerate(names):
+        v = kinds[k]["validity"]
+        ax.annotate("validity —" if v is None else f"validity {100 * v:.0f}%",
+                    (left[i], i), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)
+    ax.set_xlim(0, max(left, default=1) * 1.3 or 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("records generated, by outcome (valid, or the reason it was dropped)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35),
+              ncol=min(4, len(reasons) + 1), frameon=False)
+    return _png(fig)
+
+
+def plot_hist(hist_all: list[int], hist_kept: list[int], threshold: float | None,
+              xlabel: str = "educational score (classifier)") -> bytes:
     plt = _plt()
     n = len(hist_all)
     edges = [i / n for i in range(n)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(edges, hist_all, width=1 / n, align="edge", color="#c8c8c8",
            label="deduplicated files")
-    ax.bar(edges, hist_kept, width=1 / n, align="edge", color="#2a7ab0", label="kept")
-    ax.axvline(threshold, color="#c0392b", ls="--", label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("educational score (classifier)")
+    if len(hist_kept) == n:
+        ax.bar(edges, hist_kept, width=1 / n, align="edge", color="#2a7ab0", label="kept")
+    if threshold is not None:
+        ax.axvline(threshold, color="#c0392b", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("files")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8)
@@ -89,16 +161,19 @@ def plot_hist(hist_all: list[int], hist_kept: list[int], threshold: float) -> by
 
 
 def plot_losses(curves: dict[str, list[dict[str, Any]]]) -> bytes:
+    """Every training run's loss, laid end to end (pretrain → continued → finetune)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     offset = 0
-    for name, rows in curves.items():
+    for i, (name, rows) in enumerate(curves.items()):
         if not rows:
             continue
         xs = [offset + r["step"] for r in rows]
-        ax.plot(xs, [r["loss"] for r in rows], label=name, lw=1.2)
+        ax.plot(xs, [r["loss"] for r in rows], label=name, lw=1.2, color=PALETTE[i])
+        if offset:
+            ax.axvline(offset, color="#999", lw=0.6, ls=":")
         offset = xs[-1]
-    ax.set_xlabel("optimizer step (stages laid end to end)")
+    ax.set_xlabel("optimizer step (runs laid end to end)")
     ax.set_ylabel("training loss (nats/token)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -106,6 +181,7 @@ def plot_losses(curves: dict[str, list[dict[str, Any]]]) -> bytes:
 
 
 def plot_ablation(rows: list[dict[str, Any]]) -> bytes:
+    """NLL per arm: mean with ± one sample standard deviation over seeds, each seed a dot."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     names = [r["arm"] for r in rows]
@@ -116,7 +192,8 @@ def plot_ablation(rows: list[dict[str, Any]]) -> bytes:
         ax.scatter([i] * len(r["nll_seeds"]), r["nll_seeds"], color="k", s=12, zorder=3)
     lo = min((min(r["nll_seeds"]) for r in rows if r["nll_seeds"]), default=0)
     hi = max((max(r["nll_seeds"]) for r in rows if r["nll_seeds"]), default=1)
-    ax.set_ylim(max(0, lo - 0.3), hi + 0.2)
+    pad = max(0.05, hi - lo)
+    ax.set_ylim(max(0, lo - pad), hi + pad / 2)
     ax.set_ylabel("NLL of canonical HumanEval\nsolutions (nats/token)")
     return _png(fig)
 
@@ -196,10 +273,73 @@ def gather(run: Path, facts: dict[str, Any]) -> dict[str, Any]:
                          "mbpp_mean": statistics.fmean(mb) if mb else None,
                          "mbpp_std": statistics.stdev(mb) if len(mb) > 1 else 0.0})
         g["ablation"] = rows
+        g["ablation_pairs"] = compare_arms(rows)
     return g
 
 
+def compare_arms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each pair of arms: is the difference of mean NLL beyond two standard deviations of the
+    seed spread? The spread is the pooled per-seed standard deviation of the two arms,
+    sqrt((s_a² + s_b²) / 2); with fewer than two seeds in an arm there is no spread to judge by.
+    """
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if len(a["nll_seeds"]) < 2 or len(b["nll_seeds"]) < 2:
+                out.append({"a": a["arm"], "b": b["arm"], "diff": None, "spread": None,
+                            "beyond_2sd": None})
+                continue
+            diff = b["nll_mean"] - a["nll_mean"]
+            spread = math.sqrt((a["nll_std"] ** 2 + b["nll_std"] ** 2) / 2)
+            out.append({"a": a["arm"], "b": b["arm"], "diff": diff, "spread": spread,
+                        "beyond_2sd": abs(diff) > 2 * spread})
+    return out
+
+
 # -- rendering --------------------------------------------------------------------------------
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def funnel_steps(src: dict[str, Any], cur: dict[str, Any]) -> list[tuple[str, int]]:
+    """(step, files left) for every step whose count was recorded, in pipeline order."""
+    dedup = cur.get("dedup")
+    after_filters = cur.get("after_filters")
+    after_dedup = (after_filters - sum(v for v in dedup.values() if isinstance(v, int))
+                   if isinstance(after_filters, int) and isinstance(dedup, dict) else None)
+    steps = [("Python files listed", src.get("files")), ("read", src.get("rows")),
+             ("after junk filters", after_filters), ("after exact + near dedup", after_dedup),
+             ("kept (educational value)", cur.get("kept"))]
+    return [(n, c) for n, c in steps if isinstance(c, int)]
+
+
+def score_source(cur: dict[str, Any]) -> str:
+    """What produced the scores: the classifier, or (its fallback) the annotator itself."""
+    clf = cur.get("classifier")
+    if isinstance(clf, dict) and clf.get("f1") is not None:
+        return "classifier"
+    return "annotator" if cur.get("annotations") else "classifier"
+
+
+def curation_summary(cur: dict[str, Any]) -> str:
+    ann = cur.get("annotations") if isinstance(cur.get("annotations"), dict) else {}
+    clf = cur.get("classifier") if isinstance(cur.get("classifier"), dict) else {}
+    text = (f"Annotator {ann.get('annotator', '—')}: {_fmt(ann.get('annotated'))} files "
+            f"labelled, {_fmt(ann.get('positive'))} educational. ")
+    if clf.get("f1") is not None:
+        text += (f"Classifier (MiniLM embeddings + random forest) on held-out annotations: "
+                 f"F1 {_fmt(clf.get('f1'))} (chance {_fmt(clf.get('chance_f1'))}), accuracy "
+                 f"{_fmt(clf.get('accuracy'))} (majority {_fmt(clf.get('chance_accuracy'))}). ")
+    else:  # the curation fell back (e.g. one-class labels): say what it recorded instead
+        said = "; ".join(f"{k}: {v}" for k, v in clf.items() if isinstance(v, (str, int, float)))
+        text += "No classifier was trained" + (f" ({said}). " if said else ". ")
+    text += f"Keep rule: {cur.get('rule', '—')}"
+    if isinstance(cur.get("kept_chars"), int):
+        text += (f"; kept {cur['kept_chars']:,} characters (~"
+                 f"{cur.get('estimated_tokens') or 0:,} codegen tokens)")
+    return text + "."
+
 
 MODEL_LABELS = {"pretrain": "tiny, pretrained on filtered code",
                 "base": "tiny-base: + continued on CodeTextbook (phi-1-base analogue)",
@@ -207,13 +347,17 @@ MODEL_LABELS = {"pretrain": "tiny, pretrained on filtered code",
 
 
 def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, bytes]]:
-    """The report as a list of blocks: ("h2", text), ("p", text), ("table", (head, rows)),
-    ("img", name), ("warn", text). Shared by the HTML and Markdown renderers."""
+    """The report as a list of blocks: ("h2", text), ("p", text), ("table", (head, rows,
+    raw columns)), ("img", (file name, caption)), ("warn", text), ("missing", text: a figure
+    that could not be drawn, and why). Shared by the HTML and Markdown renderers."""
     g = gather(run, facts)
     plan = facts["plan"]
     B: list[tuple[str, Any]] = []
     imgs: dict[str, bytes] = {}
     mode = "--quick (the test suite's setting)" if facts["quick"] else "full"
+    if facts.get("plan_changes"):
+        mode += " with these sizes changed: " + ", ".join(
+            f"{k}={v}" for k, v in facts["plan_changes"].items())
     B.append(("p", f"Run folder: {run}. Mode: {mode}. Worker processes: {facts['workers']}. "
                    f"Model: the `tiny` phi preset (2 layers, 128 wide, context 256), "
                    f"byte-level BPE of {plan['vocab']} tokens trained on the curated code, "
@@ -241,45 +385,56 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
     # curation
     B.append(("h2", "Curation funnel"))
     src, cur = g["sources"], g["curation"]
-    funnel = [["Python files listed", _fmt(src["files"])],
-              ["read into the sources dataset", _fmt(src["rows"])]]
-    if cur:
-        drops = cur.get("drop_counts", {})
-        dedup = sum((cur.get("dedup") or {}).values())
-        funnel += [["after junk filters", _fmt(cur.get("after_filters"))],
-                   ["after exact + near dedup", _fmt((cur.get("after_filters") or 0) - dedup)],
-                   ["kept by the educational-value classifier", _fmt(cur.get("kept"))]]
-        B.append(("table", (["step", "files"], funnel, set())))
-        merged = Counter(src["drops"]) + Counter({r: n for r, n in drops.items() if n})
-        reasons = [[r, str(n)] for r, n in sorted(merged.items())]
-        B.append(("p", "Dropped files, per reason code:"))
-        B.append(("table", (["reason", "files"], reasons or [["(none)", "0"]], set())))
-        ann, clf = cur.get("annotations") or {}, cur.get("classifier") or {}
-        B.append(("p", f"Annotator {ann.get('annotator')}: {ann.get('annotated')} files "
-                       f"labelled, {ann.get('positive')} educational. Classifier "
-                       f"(MiniLM embeddings + random forest) on held-out annotations: "
-                       f"F1 {_fmt(clf.get('f1'))} (chance {_fmt(clf.get('chance_f1'))}), "
-                       f"accuracy {_fmt(clf.get('accuracy'))} (majority "
-                       f"{_fmt(clf.get('chance_accuracy'))}). Keep rule: {cur.get('rule')}; "
-                       f"kept {cur.get('kept_chars', 0):,} characters "
-                       f"(~{cur.get('estimated_tokens', 0):,} codegen tokens)."))
-        if cur.get("hist_all"):
-            imgs["edu_score_hist.png"] = plot_hist(cur["hist_all"], cur["hist_kept"],
-                                                   cur.get("threshold", 0.5))
-            B.append(("img", "edu_score_hist.png"))
+    steps = funnel_steps(src, cur)
+    merged = Counter({r: n for r, n in src["drops"].items() if n}) + Counter(
+        {r: n for r, n in (cur.get("drop_counts") or {}).items() if isinstance(n, int) and n})
+    if steps:
+        imgs["funnel.png"] = plot_funnel(steps, dict(merged))
+        B.append(("img", ("funnel.png", "Curation funnel: files left after each step, and "
+                                        "files dropped per reason code")))
     else:
-        B.append(("table", (["step", "files"], funnel, set())))
+        B.append(("missing", "No funnel chart: neither the sources manifest nor the "
+                             "curation report could be read."))
+    B.append(("table", (["step", "files"], [[n, _fmt(c)] for n, c in steps] or
+                        [["(nothing recorded)", "—"]], set())))
+    if cur:
+        B.append(("p", "Dropped files, per reason code:"))
+        reasons = [[r, str(n)] for r, n in sorted(merged.items())]
+        B.append(("table", (["reason", "files"], reasons or [["(none)", "0"]], set())))
+        B.append(("p", curation_summary(cur)))
+    else:
+        B.append(("missing", "No curation report (curated/_report/report.json): the curate "
+                             "stage has not finished."))
+    hist = cur.get("hist_all")
+    if isinstance(hist, list) and sum(x for x in hist if isinstance(x, int)) > 0:
+        imgs["edu_score_hist.png"] = plot_hist(hist, cur.get("hist_kept") or [],
+                                               _number(cur.get("threshold")),
+                                               f"educational score ({score_source(cur)})")
+        B.append(("img", ("edu_score_hist.png", "Educational scores of the deduplicated files "
+                                                "and of those kept")))
+    else:
+        B.append(("missing", "No score histogram: the curation report holds no scores."))
 
     # generation
     B.append(("h2", "Synthetic data: validity and diversity"))
+    gen = g["generation"]
+    drawn = {k: v for k, v in gen.items() if v["valid"] or v["drops"]}
+    if drawn:
+        imgs["validity.png"] = plot_validity(drawn)
+        B.append(("img", ("validity.png", "Synthetic records per outcome: valid, or dropped "
+                                          "with its reason code")))
+    else:
+        B.append(("missing", "No validity chart: no textbooks or exercises were generated "
+                  + ("(the generation stages have not run)." if not gen else
+                     "(no record was produced or dropped).")))
     rows = []
-    for kind, v in g["generation"].items():
+    for kind, v in gen.items():
         drops = ", ".join(f"{r} {n}" for r, n in sorted(v["drops"].items())) or "none"
         rows.append([kind, _fmt(v["asked"]), _fmt(v["specs"]), _fmt(v["valid"]),
                      _pct(v["validity"]), drops, _fmt(v["teacher"])])
     B.append(("table", (["kind", "asked for", "prompts sent", "valid", "validity",
                          "dropped (reason count)", "teacher"], rows, set())))
-    for kind, v in g["generation"].items():
+    for kind, v in gen.items():
         d = v.get("diversity")
         if d:
             keys = [k for k in ("distinct_1", "distinct_2", "distinct_3", "distinct_4",
@@ -312,7 +467,13 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
     B.append(("h2", "Training loss"))
     if any(g["losses"].values()):
         imgs["loss.png"] = plot_losses(g["losses"])
-        B.append(("img", "loss.png"))
+        B.append(("img", ("loss.png", "Training loss of pretraining, continued pretraining "
+                                      "and finetuning")))
+        missing = [n for n, r in g["losses"].items() if not r]
+        if missing:
+            B.append(("p", f"Not in the chart (no metrics.jsonl yet): {', '.join(missing)}."))
+    else:
+        B.append(("missing", "No loss chart: no training run has written metrics yet."))
     rows = [[n, str(len(r)), _fmt(r[0]["loss"]) if r else "—", _fmt(r[-1]["loss"]) if r else "—"]
             for n, r in g["losses"].items()]
     B.append(("table", (["run", "steps", "first loss", "last loss"], rows, set())))
@@ -350,7 +511,7 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
 
     # ablation
     if facts.get("ablation"):
-        B.append(("h2", "Ablation: the same token budget on three data mixes"))
+        B.append(("h2", "Ablation: the same token budget on each data mix"))
         steps = plan["ablation_steps"]
         B.append(("p", f"Each arm trains the tiny model from scratch for {steps} steps × 16 × "
                        f"{plan['seq_len']} = {steps * 16 * plan['seq_len']:,} tokens, seeds "
@@ -358,9 +519,11 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
                        f"and of the data order). (a) unfiltered: every file read, only "
                        f"decontaminated; (b) filtered: the curated code; (c) "
                        f"{facts.get('ablation_synthetic', '')}. NLL over all 164 canonical "
-                       f"HumanEval solutions; pass@1 on "
-                       f"{plan['ablation_eval_limit'] or 'all'} problems per benchmark. "
-                       f"Mean ± sample standard deviation over seeds."))
+                       f"HumanEval solutions; "
+                       + (f"pass@1 on {plan.get('ablation_eval_limit') or 'all'} problems per "
+                          f"benchmark. " if plan.get("ablation_pass_at_1", True) else
+                          "pass@1 not measured in this run (0% at this scale). ")
+                       + "Mean ± sample standard deviation over seeds."))
         rows = []
         for r in g.get("ablation", []):
             rows.append([r["arm"], str(r["seeds"]),
@@ -372,11 +535,29 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
                              "HumanEval pass@1", "MBPP pass@1"], rows, set())))
         if g.get("ablation") and all(r["nll_seeds"] for r in g["ablation"]):
             imgs["ablation.png"] = plot_ablation(g["ablation"])
-            B.append(("img", "ablation.png"))
-            B.append(("p", "Caveat: the filtered arm's NLL is measured with a tokenizer "
-                           "trained on the filtered code; all arms share that tokenizer, "
-                           "so the comparison is fair in tokens, but at this scale the spread "
-                           "between seeds can be as large as the effect."))
+            B.append(("img", ("ablation.png", "NLL per arm: mean ± one standard deviation "
+                                              "over seeds (error bars); dots are seeds")))
+        else:
+            B.append(("missing", "No ablation chart: some arm has no NLL result yet."))
+        rows = []
+        for c in g.get("ablation_pairs", []):
+            if c["beyond_2sd"] is None:
+                verdict = "cannot tell: fewer than two seeds"
+            elif c["beyond_2sd"]:
+                verdict = f"yes: {c['b']} is {'lower' if c['diff'] < 0 else 'higher'}"
+            else:
+                verdict = "no: within the seed spread"
+            rows.append([f"{c['a']} → {c['b']}", _fmt(c["diff"]), _fmt(c["spread"]), verdict])
+        if rows:
+            B.append(("p", "Per pair of arms: the difference of mean NLL (second minus first), "
+                           "the seed spread (pooled standard deviation over seeds, "
+                           "√((s₁² + s₂²)/2)), and whether the difference is beyond two of "
+                           "those standard deviations."))
+            B.append(("table", (["arms", "Δ NLL", "seed spread", "beyond 2 sd?"], rows,
+                                set())))
+        B.append(("p", "All arms share one tokenizer (trained on the filtered code) and one "
+                       "token budget, so the comparison is fair in tokens; at this scale the "
+                       "spread between seeds can be as large as the effect."))
     return B, imgs
 
 
@@ -385,7 +566,8 @@ def render_html(title: str, blocks, imgs: dict[str, bytes]) -> str:
            "padding:0 1em;color:#222}table{border-collapse:collapse;margin:.6em 0}"
            "td,th{border:1px solid #ccc;padding:3px 8px;vertical-align:top;font-size:13px}"
            "th{background:#f3f3f3}.warn{background:#fff4d6;border-left:4px solid #e0a800;"
-           "padding:.6em 1em}code{font-size:12px}img{max-width:100%}")
+           "padding:.6em 1em}.missing{color:#777;font-style:italic}code{font-size:12px}"
+           "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:13px}")
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
            f"</title><style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
     for kind, content in blocks:
@@ -395,9 +577,14 @@ def render_html(title: str, blocks, imgs: dict[str, bytes]) -> str:
             out.append(f"<p>{html.escape(content)}</p>")
         elif kind == "warn":
             out.append(f"<p class='warn'>{html.escape(content)}</p>")
+        elif kind == "missing":
+            out.append(f"<p class='missing'>{html.escape(content)}</p>")
         elif kind == "img":
-            b64 = base64.b64encode(imgs[content]).decode()
-            out.append(f"<p><img alt='{content}' src='data:image/png;base64,{b64}'></p>")
+            name, caption = content
+            b64 = base64.b64encode(imgs[name]).decode()
+            out.append(f"<figure><img alt='{html.escape(caption, quote=True)}' "
+                       f"src='data:image/png;base64,{b64}'><figcaption>"
+                       f"{html.escape(caption)}</figcaption></figure>")
         elif kind == "table":
             head, rows, raw = content
             out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -421,8 +608,11 @@ def render_markdown(title: str, blocks) -> str:
             out += [content, ""]
         elif kind == "warn":
             out += [f"> **Note:** {content}", ""]
+        elif kind == "missing":
+            out += [f"*{content}*", ""]
         elif kind == "img":
-            out += [f"![{content}]({content})", ""]
+            name, caption = content
+            out += [f"![{caption}]({name})", ""]
         elif kind == "table":
             head, rows, raw = content
             out.append("| " + " | ".join(head) + " |")

@@ -1,16 +1,22 @@
 """`primer demo --quick` through the real console script: every stage's output, the report's
-contents, and a rerun that resumes instead of starting over."""
+contents and figures as a browser shows them, a rerun that resumes instead of starting over,
+and a failing stage explained in a few lines."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from primer import demo as demo_module
+from primer import report
 from primer.datasets import open_dataset, read_manifest
+from tests.browser import open_page
 
 PRIMER = str(Path(sys.executable).parent / "primer")
 
@@ -18,7 +24,7 @@ PRIMER = str(Path(sys.executable).parent / "primer")
 def run_demo(root: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([PRIMER, "demo", "--quick", "--workers", "2",
                            f"--storage.root={root}", *extra], capture_output=True, text=True,
-                          timeout=420)
+                          timeout=900)  # a hang guard, not a speed target (bench/demo.sh)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,7 @@ def test_the_report_says_what_happened(demo):
     html = (run / "report" / "report.html").read_text()
     md = (run / "report" / "report.md").read_text()
     assert str(run / "report" / "report.html") in first.stdout.replace("\n", "")
-    assert html.count("data:image/png;base64,") >= 2  # histogram + losses, embedded
+    assert html.count("data:image/png;base64,") >= 4  # funnel, histogram, validity, loss
     assert "src='report" not in html and "href=" not in html  # self-contained
     for text in (md, html):
         for needle in ("Curation funnel", "edu_score_below", "Synthetic data: validity",
@@ -97,3 +103,62 @@ def test_a_rerun_resumes_every_stage(demo):
         assert f"stage {stage} (done before: resumed)" in out, stage
     assert "$ primer" not in out  # no component command ran again
     assert (run / "pretrain" / "metrics.jsonl").read_text() == before
+
+
+def test_the_report_shows_its_figures_in_a_browser(demo, tmp_path):
+    _, run, _ = demo
+    page = open_page(run / "report" / "report.html", tmp_path / "quick.png")
+    shown = [f.alt for f in page.rendered]
+    assert len(shown) >= 3, page.figures
+    for caption in ("Curation funnel", "Educational scores", "Training loss"):
+        assert any(alt.startswith(caption) for alt in shown), (caption, page.figures)
+
+
+def _report_inputs(run: Path, into: Path) -> Path:
+    """The files the report reads from a run, without shards, checkpoints or weights."""
+    return Path(shutil.copytree(run, into, ignore=shutil.ignore_patterns(
+        "*.parquet", "*.safetensors", "checkpoints", "state", "report", "pack-*", "models")))
+
+
+def test_a_full_demo_report_with_the_ablation_shows_five_figures(demo, tmp_path):
+    # The full plan's report over this run's real stage outputs, plus the ablation's NLL
+    # results in the format `primer eval nll` wrote for this run's model.
+    _, run, _ = demo
+    copy = _report_inputs(run, tmp_path / "run")
+    nll = json.loads((run / "eval" / "base" / "nll" / "humaneval" / "nll.json").read_text())
+    arms = {}
+    for i, arm in enumerate(("unfiltered", "filtered", "filtered-synthetic")):
+        arms[arm.replace("-", "+")] = []
+        for seed in (0, 1, 2):
+            out = copy / "ablation" / "eval" / f"{arm}-seed{seed}" / "nll" / "humaneval"
+            out.mkdir(parents=True, exist_ok=True)
+            value = nll["nll_per_token"] + 0.3 * i + 0.01 * seed
+            (out / "nll.json").write_text(json.dumps({**nll, "nll_per_token": value}))
+            arms[arm.replace("-", "+")].append(f"{arm}-seed{seed}")
+    facts = json.loads((run / "report" / "facts.json").read_text())
+    facts.update(quick=False, plan=asdict(demo_module.FULL), ablation=True,
+                 ablation_arms=arms, ablation_synthetic="filtered code + textbooks")
+    page = open_page(report.write(copy, facts), tmp_path / "full.png")
+    shown = [f.alt for f in page.rendered]
+    assert len(shown) >= 5 and any(a.startswith("NLL per arm") for a in shown), page.figures
+    md = (copy / "report" / "report.md").read_text()
+    assert "| unfiltered → filtered | 0.3 |" in md and "yes: filtered is higher" in md
+
+
+def test_a_failing_stage_prints_the_error_and_its_log_not_a_traceback(tmp_path):
+    # A sources dataset whose manifest is corrupt: the demo resumes past it and `primer
+    # curate` fails reading it, deep inside the curation (a 40-line boxed traceback before).
+    sources = tmp_path / "runs" / "demo" / "sources"
+    sources.mkdir(parents=True)
+    (sources / "_manifest.json").write_text('{"rows": 3, "shards": [')
+    failed = run_demo(tmp_path)
+    assert failed.returncode == 1
+    out = failed.stdout + failed.stderr
+    log = tmp_path / "runs" / "demo" / "logs" / "curate.log"
+    error = out[out.index("error:"):]
+    assert "stage curate failed" in error and "exited 1" in error
+    assert "InputError:" in error and "the manifest is not valid JSON" in error
+    assert f"full log: {log}" in error.replace("\n", "")
+    assert not set("╭╰│") & set(out) and "Traceback" not in out
+    assert len(error.splitlines()) <= 12, error
+    assert "Traceback (most recent call last)" in log.read_text()  # the frames stay in the log

@@ -1,0 +1,84 @@
+"""`primer demo --ablation`, timed, and its numbers as JSON: NLL mean ± std per arm, each
+seed's value, the verdict per pair of arms, and exactly what ran (plan, steps, tokens, seeds,
+wall time, commit). The demo code runs as `primer demo` runs it; only the sizes can change,
+and the report and the JSON list every size that differs from the plan's default.
+
+    .venv/bin/python bench/ablation.py                        # the full default
+    .venv/bin/python bench/ablation.py --quick --steps 100 --seeds 0,1,2 --no-pass-at-1
+    .venv/bin/python bench/ablation.py --root DIR --run NAME  # resume, or reuse a demo run
+
+Writes bench/results/ablation.json (or --json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from primer import demo, report
+
+HERE = Path(__file__).resolve().parent
+
+
+def summarise(run: Path, wall_s: float, commit: str) -> dict:
+    facts = json.loads((run / "report" / "facts.json").read_text())
+    plan = facts["plan"]
+    g = report.gather(run, facts)
+    return {
+        "machine": f"{os.cpu_count()} CPUs, shared with other jobs (timings are noisy)",
+        "commit": commit,
+        "mode": "quick" if facts["quick"] else "full",
+        "plan_changes": facts.get("plan_changes", {}),
+        "steps": plan["ablation_steps"], "sequences_per_step": 16, "seq_len": plan["seq_len"],
+        "tokens_per_arm": plan["ablation_steps"] * 16 * plan["seq_len"],
+        "seeds": plan["ablation_seeds"],
+        "eval": {"nll": "all 164 canonical HumanEval solutions, nats/token",
+                 "pass_at_1_problems_per_benchmark": plan["ablation_eval_limit"]
+                 if plan.get("ablation_pass_at_1", True) else "not measured"},
+        "synthetic_arm": facts.get("ablation_synthetic"),
+        "arms": {r["arm"]: {"nll_mean": r["nll_mean"], "nll_std": r["nll_std"],
+                            "nll_per_seed": r["nll_seeds"], "humaneval_pass@1": r["he_mean"],
+                            "mbpp_pass@1": r["mbpp_mean"]} for r in g.get("ablation", [])},
+        "pairs": g.get("ablation_pairs", []),
+        "ablation_stage_s": facts.get("stage_times", {}).get("ablation", {}).get("seconds"),
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default=None, help="storage root (default: a new temp folder)")
+    ap.add_argument("--run", default=f"ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--quick", action="store_true", help="start from the --quick plan")
+    ap.add_argument("--steps", type=int, help="training steps per arm and seed")
+    ap.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    ap.add_argument("--no-pass-at-1", action="store_true", help="NLL only")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "ablation.json")
+    a = ap.parse_args()
+    changes = {}
+    if a.steps:
+        changes["ablation_steps"] = a.steps
+    if a.seeds:
+        changes["ablation_seeds"] = tuple(int(s) for s in a.seeds.split(","))
+    if a.no_pass_at_1:
+        changes["ablation_pass_at_1"] = False
+    plan = dataclasses.replace(demo.QUICK if a.quick else demo.FULL, **changes)
+    root = a.root or subprocess.run(["mktemp", "-d", "/tmp/primer-bench-ablation.XXXXXX"],
+                                    capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
+    t0 = time.monotonic()
+    path = demo.run(root, a.run, quick=a.quick, workers=a.workers, ablation=True, plan=plan)
+    result = summarise(path.parent.parent, time.monotonic() - t0, commit)
+    a.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
