@@ -509,6 +509,28 @@ def test_gateway_gets_its_token_from_a_secret_and_the_workers_queues(rendered):
             worker_env["PRIMER_CELERY_QUEUE"]
 
 
+
+def test_gateway_policy_as_rendered_admits_only_the_charts_teacher(rendered, monkeypatch):
+    """The gateway reads what it may accept from the env the chart gives it: parse that env
+    with the gateway's own config, per scenario."""
+    from services.gateway.config import GatewayConfig
+
+    def config(scenario) -> GatewayConfig:
+        deploy = by_kind(rendered[scenario], "Deployment")["rel-primer-gateway"]
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if e["name"].startswith("PRIMER_GATEWAY_") and "value" in e:
+                monkeypatch.setenv(e["name"], e["value"])
+        return GatewayConfig.from_env()
+
+    defaults = config("defaults")
+    assert not defaults.endpoints and not defaults.input_roots
+    assert (defaults.max_body_bytes, defaults.rate_limit) == (262144, 600)
+    teacher = by_kind(rendered["all-on"], "Service")["rel-primer-teacher"]
+    (only,) = config("all-on").endpoints  # the in-cluster vLLM, nothing else
+    assert f"//{teacher['metadata']['name']}" in only
+    assert list(config("production").endpoints) == ["https://api.openai.com/v1"]
+
+
 # -- Secure defaults: Redis ----------------------------------------------------------------------
 
 def test_redis_requires_the_generated_password_in_protected_mode(rendered):
