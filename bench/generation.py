@@ -7,7 +7,7 @@ concurrency C: requests/s (also as a fraction of the ideal C / latency) and CPU 
 request, for three clients:
 
 - ``openai+semaphore``, the baseline: an ``openai.AsyncOpenAI`` loop behind an
-  ``asyncio.Semaphore``, as anyone would write it;
+  ``asyncio.Semaphore``, as anyone would write it (the SDK's default pool and 2 retries);
 - ``primer.teacher``: ``Teacher.complete_many`` with retries and accounting on, cache off;
 - ``primer.teacher+cache``: the same with a fresh cache folder per run, so every request is a
   miss and a put (a first run, the common case at scale).
