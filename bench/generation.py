@@ -3,13 +3,22 @@
 The test OpenAI server (``tests/openai_server.py``) answers every request after a fixed
 200 ms, in ``--server-procs`` processes sharing one port (SO_REUSEPORT), so the server is not
 the bottleneck. This process runs the client only, so its CPU time is the client's. For each
-concurrency C: requests/s as a fraction of the ideal C / latency, and CPU ms per request, for
-``Teacher.complete_many`` (bounded, retrying, cache off) and for the baseline, an
-``openai.AsyncOpenAI`` loop behind an ``asyncio.Semaphore``. Target: ≥ 0.9 of ideal at 128,
-≤ 2 ms CPU per request.
+concurrency C: requests/s (also as a fraction of the ideal C / latency) and CPU ms per
+request, for three clients:
+
+- ``openai+semaphore``, the baseline: an ``openai.AsyncOpenAI`` loop behind an
+  ``asyncio.Semaphore``, as anyone would write it (the SDK's default pool and 2 retries);
+- ``primer.teacher``: ``Teacher.complete_many`` with retries and accounting on, cache off;
+- ``primer.teacher+cache``: the same with a fresh cache folder per run, so every request is a
+  miss and a put (a first run, the common case at scale).
+
+Each is measured ``--rounds`` times, in an order that rotates every round, and the summary
+gives medians and ranges, with each Teacher arm's ratio to the baseline of the same round (a
+shared machine slows down and speeds up; the ratio of neighbours is steadier). Target: ≥ 1.0×
+the baseline's requests/s at every concurrency, within 0.3 ms of its CPU per request.
 
     .venv/bin/python bench/generation.py                       # C = 32, 128, 512
-    .venv/bin/python bench/generation.py --concurrency 128 --waves 5 --json out.json
+    .venv/bin/python bench/generation.py --concurrency 128 --rounds 5 --json out.json
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,17 +76,28 @@ def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Write a short note about topic number {i}."}]
 
 
-async def run_teacher(url: str, c: int, n: int, offset: int) -> None:
-    teacher = Teacher(TeacherConfig(url=url, model="bench", max_concurrency=c, max_retries=0,
-                                    timeout_s=60))
+async def run_teacher(url: str, c: int, n: int, offset: int, cache_uri: str | None = None,
+                      ) -> None:
+    """Retries, accounting and (with ``cache_uri``) the cache on, as a generation run has them."""
+    teacher = Teacher(TeacherConfig(url=url, model="bench", max_concurrency=c, timeout_s=60,
+                                    cache_uri=cache_uri, price_input_per_1k=0.5,
+                                    price_output_per_1k=1.5))
     out = await teacher.complete_many([ChatRequest(messages(offset + i), max_tokens=64)
                                        for i in range(n)])
-    assert all(not isinstance(r, Exception) for r in out), "teacher requests failed"
+    bad = [r for r in out if isinstance(r, Exception)]
+    assert not bad, f"{len(bad)} teacher requests failed, e.g. {bad[:1]}"
+    assert teacher.usage.requests == n and teacher.usage.cost_usd
     await teacher.aclose()
 
 
+async def run_teacher_cached(url: str, c: int, n: int, offset: int) -> None:
+    """A first run: a fresh cache, so every request is a miss, then a put."""
+    with tempfile.TemporaryDirectory(prefix="primer-bench-cache-") as cache:
+        await run_teacher(url, c, n, offset, cache_uri=cache)
+
+
 async def run_baseline(url: str, c: int, n: int, offset: int) -> None:
-    client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=60)
+    client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", timeout=60)
     slots = asyncio.Semaphore(c)
 
     async def one(i: int) -> str:
@@ -88,9 +110,14 @@ async def run_baseline(url: str, c: int, n: int, offset: int) -> None:
     await client.close()
 
 
+CLIENTS = {"openai+semaphore": run_baseline, "primer.teacher": run_teacher,
+           "primer.teacher+cache": run_teacher_cached}
+BASELINE = "openai+semaphore"
+
+
 def measure(fn, url: str, c: int, waves: int, latency: float) -> dict[str, float]:
     n = c * waves
-    asyncio.run(fn(url, c, c, 10**9))  # warm-up: imports, connection pool, server workers
+    asyncio.run(fn(url, c, min(c, 64), 10**9))  # warm-up: imports, lazy state, server workers
     cpu, wall = time.process_time(), time.perf_counter()
     asyncio.run(fn(url, c, n, c * 1000))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -100,33 +127,71 @@ def measure(fn, url: str, c: int, waves: int, latency: float) -> dict[str, float
             "cpu_ms_per_request": round(cpu / n * 1000, 3)}
 
 
+def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per client: median and range of requests/s and CPU per request over the rounds, and of
+    its ratio to the baseline measured in the same round (which cancels slow phases of a
+    shared machine)."""
+    out = {}
+    for name in CLIENTS:
+        rps = [r[name]["rps"] for r in rounds]
+        cpu = [r[name]["cpu_ms_per_request"] for r in rounds]
+        ratio = [r[name]["rps"] / r[BASELINE]["rps"] for r in rounds]
+        extra = [r[name]["cpu_ms_per_request"] - r[BASELINE]["cpu_ms_per_request"]
+                 for r in rounds]
+        out[name] = {"rps_median": round(statistics.median(rps), 1),
+                     "rps_range": [min(rps), max(rps)],
+                     "cpu_ms_per_request_median": round(statistics.median(cpu), 3),
+                     "cpu_ms_per_request_range": [min(cpu), max(cpu)],
+                     "rps_ratio_to_baseline_median": round(statistics.median(ratio), 3),
+                     "rps_ratio_to_baseline_range": [round(min(ratio), 3), round(max(ratio), 3)],
+                     "cpu_ms_over_baseline_median": round(statistics.median(extra), 3),
+                     "cpu_ms_over_baseline_range": [round(min(extra), 3), round(max(extra), 3)]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--waves", type=int, default=5, help="requests = waves × concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each client "
+                        "per concurrency, in an order that rotates every round")
     parser.add_argument("--server-procs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     url, servers = start_servers(args.server_procs, args.latency)
-    results = {"machine": f"{os.cpu_count()} CPUs", "latency_s": args.latency,
-               "server_procs": args.server_procs, "runs": []}
+    results = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_start": os.getloadavg(),
+               "latency_s": args.latency, "server_procs": args.server_procs,
+               "waves": args.waves, "rounds": args.rounds, "summary": {}, "runs": []}
+    names = list(CLIENTS)
     try:
         for c in args.concurrency:
-            for name, fn in (("primer.teacher", run_teacher), ("openai+semaphore", run_baseline)):
-                row = {"client": name, "concurrency": c,
-                       **measure(fn, url, c, args.waves, args.latency)}
-                results["runs"].append(row)
-                print(f"C={c:4d} {name:17s} {row['rps']:8.1f} req/s  "
-                      f"{row['fraction_of_ideal']:.3f} of ideal  "
-                      f"{row['cpu_ms_per_request']:.3f} ms CPU/request", flush=True)
+            rounds = []
+            for k in range(args.rounds):
+                measured = {}
+                for name in names[k % len(names):] + names[:k % len(names)]:
+                    row = {"client": name, "concurrency": c, "round": k,
+                           **measure(CLIENTS[name], url, c, args.waves, args.latency)}
+                    results["runs"].append(row)
+                    measured[name] = row
+                    print(f"C={c:4d} round {k} {name:21s} {row['rps']:8.1f} req/s  "
+                          f"{row['fraction_of_ideal']:.3f} of ideal  "
+                          f"{row['cpu_ms_per_request']:.3f} ms CPU/request", flush=True)
+                rounds.append(measured)
+            results["summary"][str(c)] = summary = summarize(rounds)
+            for name, row in summary.items():
+                print(f"C={c:4d} median {name:21s} {row['rps_ratio_to_baseline_median']:.3f}× "
+                      f"baseline req/s {row['rps_ratio_to_baseline_range']}, "
+                      f"{row['cpu_ms_per_request_median']:.3f} ms CPU/request "
+                      f"({row['cpu_ms_over_baseline_median']:+.3f} vs baseline)", flush=True)
     finally:
         for server in servers:
             server.terminate()
         for server in servers:
             server.wait(10)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        if args.json:
+            results["load_average_at_end"] = os.getloadavg()
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,6 +39,11 @@ from primer.teacher.config import TeacherConfig
 from primer.teacher.limits import TokenBucket
 
 log = logging.getLogger("primer.teacher")
+
+POOL_SHARD_SIZE = 64
+"""Most connections one HTTP client holds; more concurrency spreads over more clients."""
+CACHE_THREADS = 64
+"""Most threads doing cache reads and writes at once (each waits on a disk or S3)."""
 
 
 class TeacherError(Exception):
@@ -138,6 +144,7 @@ class Teacher:
         self.usage = Usage()
         self.cache = ResponseCache(config.cache_uri) if config.cache_uri else None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache_pool: ThreadPoolExecutor | None = None
         self._local = None
         if config.is_local_checkpoint():
             from primer.teacher.local import LocalBackend
@@ -157,20 +164,40 @@ class Teacher:
             return
         self._loop = loop
         config = self.config
-        self._slots = asyncio.Semaphore(config.max_concurrency)
+        # A slot is the index of the HTTP client a request may use: taking one bounds the
+        # requests in flight overall and per client, so no client's pool ever waits.
+        shards = -(-config.max_concurrency // POOL_SHARD_SIZE)
+        self._slots: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(config.max_concurrency):
+            self._slots.put_nowait(slot % shards)
         self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute \
             else None
         self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
         if self._local is None:
-            # One keep-alive connection per request in flight: the SDK's default pool keeps
-            # 100 idle ones, so higher concurrency would reconnect all the time.
-            limits = _http_module().Limits(max_connections=config.max_concurrency,
-                                           max_keepalive_connections=config.max_concurrency)
-            self._client = openai.AsyncOpenAI(
+            # httpcore's pool rescans every connection it holds whenever a request starts or
+            # a response ends, so one pool of C connections costs O(C) CPU per request (at
+            # C = 512 more than the request itself). Several clients of at most
+            # POOL_SHARD_SIZE connections keep that scan short; each keeps every connection
+            # it may use alive, so none is reopened between requests.
+            per_shard = -(-config.max_concurrency // shards)
+            limits = _http_module().Limits(max_connections=per_shard,
+                                           max_keepalive_connections=per_shard)
+            self._clients = [openai.AsyncOpenAI(
                 base_url=config.url or None, api_key=config.api_key(), max_retries=0,
                 timeout=config.timeout_s,
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits,
                                                            timeout=config.timeout_s))
+                for _ in range(shards)]
+
+    async def _cache_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking cache call (disk with fsync, or S3) off the event loop, on threads of
+        its own: the loop's default pool has only min(32, cpus + 4) threads, shared with
+        everything else, and hundreds of requests in flight would queue there."""
+        if self._cache_pool is None:
+            self._cache_pool = ThreadPoolExecutor(
+                max_workers=min(self.config.max_concurrency, CACHE_THREADS),
+                thread_name_prefix="teacher-cache")
+        return await asyncio.get_running_loop().run_in_executor(self._cache_pool, fn, *args)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -179,16 +206,19 @@ class Teacher:
         self._bind_loop()
         key = request_key(self.config.model, request.messages, request.params())
         if self.cache is not None:
-            hit = await asyncio.to_thread(self.cache.get, key)
+            hit = await self._cache_io(self.cache.get, key)
             if hit is not None:
                 self.usage.add(cached=1)
                 return Completion(**{**hit, "cached": True, "key": key})
-        async with self._slots:
-            completion = await self._with_retries(request, key)
+        slot = await self._slots.get()
+        try:
+            completion = await self._with_retries(request, key, slot)
+        finally:
+            self._slots.put_nowait(slot)
         if self.cache is not None:
             entry = asdict(completion)
             entry.pop("cached"), entry.pop("key")
-            await asyncio.to_thread(self.cache.put, key, entry)
+            await self._cache_io(self.cache.put, key, entry)
         return completion
 
     async def complete_many(self, requests: Sequence[ChatRequest],
@@ -220,10 +250,13 @@ class Teacher:
     async def aclose(self) -> None:
         """Close the HTTP connections; call it on the loop that used them, before that loop
         ends (``asyncio.run`` closes the loop, and connections closed later fail noisily)."""
-        client = getattr(self, "_client", None)
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.close()
+        if self._loop is asyncio.get_running_loop():
+            for client in getattr(self, "_clients", ()):
+                await client.close()
             self._loop = None  # the next call on any loop starts afresh
+        if self._cache_pool is not None:
+            self._cache_pool.shutdown(wait=False)  # (its calls have all been awaited)
+            self._cache_pool = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         c = self.config
@@ -239,7 +272,7 @@ class Teacher:
 
     # -- the retry loop -------------------------------------------------------------------------
 
-    async def _with_retries(self, request: ChatRequest, key: str) -> Completion:
+    async def _with_retries(self, request: ChatRequest, key: str, slot: int) -> Completion:
         config = self.config
         last = ""
         for attempt in range(1, config.max_retries + 2):
@@ -250,7 +283,7 @@ class Teacher:
                 await self._tpm.acquire(chars / 4 + request.max_tokens)
             started = time.monotonic()
             try:
-                text, finish, p_tok, c_tok = await self._call(request)
+                text, finish, p_tok, c_tok = await self._call(request, slot)
             except TeacherError:
                 self.usage.add(failures=1)
                 raise
@@ -276,7 +309,7 @@ class Teacher:
         raise TeacherError(f"teacher {self.name}: gave up after {config.max_retries + 1} "
                            f"attempts; last error: {last}", key, config.max_retries + 1)
 
-    async def _call(self, request: ChatRequest) -> tuple[str, str, int, int]:
+    async def _call(self, request: ChatRequest, slot: int) -> tuple[str, str, int, int]:
         if self._local is not None:
             return await self._local.generate(request)
         kwargs: dict[str, Any] = {"model": self.config.model, "messages": request.messages,
@@ -288,7 +321,7 @@ class Teacher:
             kwargs["top_p"] = request.top_p
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        resp = await self._client.chat.completions.create(**kwargs)
+        resp = await self._clients[slot].chat.completions.create(**kwargs)
         try:
             choice = resp.choices[0]
             text = choice.message.content

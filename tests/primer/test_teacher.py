@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
-from primer.teacher import ChatRequest, Teacher, TeacherConfig, TeacherError
+from primer.teacher import ChatRequest, ResponseCache, Teacher, TeacherConfig, TeacherError
 from primer.teacher.cache import request_key
+from primer.teacher.client import POOL_SHARD_SIZE
 from tests.checkpoints import tiny_checkpoint
 from tests.openai_server import OpenAIServer, echo_responder
 
@@ -119,6 +121,52 @@ def test_concurrency_is_bounded():
     assert server.max_inflight == 4
     # each request is timed: the server sleeps 0.1 s per answer
     assert 0.1 <= teacher.usage.latency_s / teacher.usage.requests < 1.0
+
+
+def test_concurrency_beyond_one_connection_pool_is_bounded_and_answered():
+    """Above POOL_SHARD_SIZE the requests spread over several HTTP clients: more than one
+    pool's worth in flight at once, never more than max_concurrency."""
+    limit = 2 * POOL_SHARD_SIZE + 2
+    with OpenAIServer(latency_s=0.5) as server:
+        teacher = make(server, max_concurrency=limit)
+        requests = [ask(f"q{i}", seed=i) for i in range(2 * limit)]
+        results = asyncio.run(teacher.complete_many(requests))
+    assert [r.text for r in results] == [expected(teacher, q) for q in requests]
+    assert POOL_SHARD_SIZE < server.max_inflight <= limit
+    assert teacher.usage.requests == 2 * limit and server.requests == 2 * limit
+
+
+class _RendezvousCache(ResponseCache):
+    """A cache whose reads each wait until ``parties`` reads are under way at once."""
+
+    def __init__(self, uri: str, parties: int):
+        super().__init__(uri)
+        self.barrier = threading.Barrier(parties, timeout=20)
+        self.threads: set[str] = set()
+
+    def get(self, key: str):
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        return super().get(key)
+
+
+def test_cache_reads_and_writes_do_not_queue_on_the_default_thread_pool(tmp_path):
+    """The loop's default pool has cpus + 4 threads, shared with everything else: with
+    hundreds of requests in flight, cache I/O there would wait in line. The teacher's own
+    cache threads let every request in flight read (and write) at once."""
+    parties = 40  # more than min(32, cpus + 4): only passes on a pool sized to the load
+    requests = [ask(f"item {i}", seed=i) for i in range(parties)]
+    with OpenAIServer() as server:
+        first = make(server, max_concurrency=parties, cache_uri=str(tmp_path / "cache"))
+        first.cache = _RendezvousCache(str(tmp_path / "cache"), parties)
+        done = asyncio.run(first.complete_many(requests))
+        again = make(server, max_concurrency=parties, cache_uri=str(tmp_path / "cache"))
+        rerun = asyncio.run(again.complete_many(requests))
+    assert [r.text for r in done] == [expected(first, q) for q in requests]
+    assert all(name.startswith("teacher-cache") for name in first.cache.threads)
+    assert not any(r.cached for r in done) and all(r.cached for r in rerun)
+    assert [r.text for r in rerun] == [r.text for r in done]
+    assert server.requests == parties and again.usage.cached == parties
 
 
 def test_request_rate_limit_holds():
