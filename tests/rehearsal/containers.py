@@ -16,7 +16,7 @@ IMAGE = "localhost/primer:0.1.0"
 TRAIN_IMAGE = "localhost/primer-train:0.1.0-cpu"
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
+def podman(*args: str, check: bool = True, timeout: float = 600) -> str:
     proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise RuntimeError(f"podman {' '.join(args[:3])} … failed ({proc.returncode}):\n"

@@ -51,9 +51,10 @@ def _dry_run(*args: str) -> dict:
 
 def _supervise(group, pods: list[str], backoff_limit: int, timeout: float, tick) -> int:
     """The kubelet under ``restartPolicy: OnFailure`` (and the operator's backoffLimit over
-    all restarts): a container that exits non-zero is started again in place; returns the
-    number of restarts once every container exited 0."""
-    restarts, done = 0, set()
+    all restarts): a container that exits non-zero is started again in place after the
+    kubelet's back-off (10 s, doubling per restart); returns the number of restarts once every
+    container exited 0."""
+    restarts, done, exited_at, per_pod = 0, set(), {}, dict.fromkeys(pods, 0)
     deadline = time.monotonic() + timeout
     while len(done) < len(pods):
         if time.monotonic() > deadline:
@@ -67,7 +68,12 @@ def _supervise(group, pods: list[str], backoff_limit: int, timeout: float, tick)
             if code == 0:
                 done.add(pod)
                 continue
+            exited_at.setdefault(pod, time.monotonic())
+            if time.monotonic() - exited_at[pod] < 10 * 2 ** per_pod[pod]:
+                continue  # CrashLoopBackOff
             restarts += 1
+            per_pod[pod] += 1
+            del exited_at[pod]
             assert restarts <= backoff_limit, f"backoffLimit exceeded; {pod}:\n" + group.logs(
                 pod)[-3000:]
             group.start(pod)
