@@ -32,7 +32,7 @@ from tests.servers import free_port
 pytestmark = [pytest.mark.rehearsal, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 S3_HOST = "primer-s3.rehearsal.svc"  # what the pods call the S3 server
-STEPS, EVERY = 150, 50  # the tiny preset checkpoints every 50 steps
+STEPS = 75  # the tiny preset checkpoints every 50 steps: one checkpoint before the kill
 
 
 def _upload(local: str, uri: str) -> None:
