@@ -173,7 +173,7 @@ def test_end_to_end_counts_every_reason_and_writes_dataset_report_and_model(refe
     sources = {Path(s).name for s in kept["source"]}
     assert "base.py" in sources and not sources & set(corpus.DUPES)
     assert min(kept["edu_score"]) >= 0.5 and manifest.rows == len(kept) > 0
-    assert any(a is not None and a["annotator"] == "heuristic-v1" for a in kept["annotation"])
+    assert any(a is not None and a["annotator"] == "heuristic-v2" for a in kept["annotation"])
     assert manifest.tokens == int(report["kept_chars"] / 3.5) > 0
     png = (out / "_report" / "edu_score_hist.png").read_bytes()
     assert png.startswith(b"\x89PNG") and sum(report["hist_all"]) == \
