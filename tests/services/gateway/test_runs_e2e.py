@@ -40,10 +40,9 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
     corpus = small_corpus(tmp_path / "corpus")
     with celery_workers(redis_url, queue, tmp_path / "logs", n=1), \
             serve(create_app(config)) as url:
-        # a folder without Python files cannot be curated → Failed
-        (tmp_path / "empty").mkdir()
-        bad = cli("runs", "submit", "curation", f"input={tmp_path / 'empty'}", "--gateway", url,
-                  "--classify.n_estimators=10")
+        # the classifier's encoder does not exist: the train unit fails → Failed
+        bad = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
+                  "--classify.n_estimators=10", f"--classify.encoder={tmp_path / 'nothing'}")
         assert bad.exit_code == 0, bad.output
         bad_id = json.loads(bad.output)["id"]
         good = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
@@ -53,7 +52,7 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
         failed = cli("runs", "get", bad_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert failed.exit_code == 1, failed.output
         run = json.loads(failed.output)
-        assert run["phase"] == "Failed" and "not a directory of *.py files" in run["error"]
+        assert run["phase"] == "Failed" and "cannot load encoder" in run["error"]
 
         done = cli("runs", "get", good_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert done.exit_code == 0, done.output
