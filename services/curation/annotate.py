@@ -1,23 +1,40 @@
-"""Educational-value annotators: the labels the classifier learns from.
+"""Educational-value annotators: the judgments the classifier learns from.
 
-An annotation is ``{"label": 0|1, "score": 0..1, "annotator": str}``; ``label`` is
-``score >= annotate.positive_score``.
+An annotation is ``{"label": 0|1, "score": 0..1, "annotator": str}``. The annotator gives the
+``score``; the ``label`` is relative to the corpus: the top ``annotate.positive_fraction`` of
+the annotated sample by score (:func:`relative_labels`), as the paper's GPT-4 judgments split
+its sample; with ``positive_fraction`` unset it is ``score >= annotate.positive_score``.
 
 - :class:`TeacherAnnotator`, the paper's way: an LLM judge (through ``primer.teacher``)
   is asked for the educational value of the file *for a student whose goal is to learn basic
-  coding concepts*, answering ``Score: N`` on 1..5. An answer without a parsable score is
-  asked again with another seed, up to ``max_attempts``; then it is counted ``malformed``
-  and the file stays unannotated. A request that fails for good is counted ``failed``.
-- :class:`HeuristicAnnotator`, for when no teacher is configured: the mean of five features,
-  each in [0, 1], that track what the paper's judge rewards:
+  coding concepts*, answering ``Score: N`` on 1..5 (score ``(N - 1) / 4``). An answer without
+  a parsable score is asked again with another seed, up to ``max_attempts``; then it is
+  counted ``malformed`` and the file stays unannotated. A request that fails for good is
+  counted ``failed``.
+- :class:`HeuristicAnnotator`, for when no teacher is configured: a weighted mean of six
+  features, each in [0, 1], that track what the paper's judge rewards:
 
   | feature | weight | 1.0 when |
   |---|---|---|
   | ``docs`` | .30 | the module and every function/class have a docstring |
   | ``comments`` | .15 | ≥ 1 comment line per 8 code lines |
-  | ``function_size`` | .20 | functions are 3–30 lines (0.3 for a file without functions) |
-  | ``naming`` | .15 | defined names are descriptive (≥ 3 chars, except i/j/k/n/x/y/_ ) |
-  | ``self_contained`` | .20 | no relative imports, ≤ 3 third-party (non-stdlib) imports |
+  | ``function_size`` | .15 | functions are 3–30 lines (0.3 for a file without functions) |
+  | ``naming`` | .10 | defined names are descriptive (≥ 3 chars, except i/j/k/n/x/y/_ ) |
+  | ``self_contained`` | .15 | no relative imports, ≤ 3 third-party (non-stdlib) imports |
+  | ``length`` | .15 | ≤ 300 code lines, textbook-sized (0 from 1500 lines on) |
+
+  **Calibration.** Real code scores high on most of these (names, comments, imports): the
+  uncalibrated heuristic-v1 called ~88% of standard-library files educational, so its labels
+  told the classifier little, and the raw mean here still reaches 0.5 on 47.5% of the
+  modules below. The score therefore maps the raw mean
+  piecewise-linearly so that ``RAW_AT_HALF`` becomes 0.5 (and 0, 1 stay put): by design,
+  **about 25% of real, maintained code scores >= 0.5** (the default
+  ``annotate.positive_score``), the top quarter, like the default ``positive_fraction``.
+  ``RAW_AT_HALF`` is the 75th percentile of the raw mean over the 638 modules of CPython
+  3.11.7's standard library outside test folders that pass the default junk filters;
+  measured with ``python -m services.curation.calibrate`` (before: 47.5% of them at >= 0.5;
+  now 25.0%), and checked on a sample of the running interpreter's standard library by
+  ``tests/services/curation/test_any_corpus.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +47,16 @@ import warnings
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from primer.teacher import ChatRequest, Teacher, TeacherError
 from services.curation.config import AnnotateConfig
 
-HEURISTIC = "heuristic-v1"
-WEIGHTS = {"docs": 0.30, "comments": 0.15, "function_size": 0.20, "naming": 0.15,
-           "self_contained": 0.20}
+HEURISTIC = "heuristic-v2"
+WEIGHTS = {"docs": 0.30, "comments": 0.15, "function_size": 0.15, "naming": 0.10,
+           "self_contained": 0.15, "length": 0.15}
+RAW_AT_HALF = 0.7865  # the raw mean that scores 0.5: see the module docstring
 _SHORT_OK = {"i", "j", "k", "n", "x", "y", "_", "f", "e", "fp", "db", "id", "ok", "df"}
 _STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 SYSTEM = ("You are an expert programming teacher judging code files for a textbook-quality "
@@ -92,7 +111,41 @@ def features(text: str) -> dict[str, float]:
         "function_size": in_range / len(sizes) if sizes else 0.3,
         "naming": descriptive / len(names) if names else 0.5,
         "self_contained": 0.0 if relative else max(0.0, 1.0 - max(0, third_party - 3) / 5),
+        "length": min(1.0, max(0.0, (1500 - len(code)) / 1200)),
     }
+
+
+def raw_score(f: dict[str, float]) -> float:
+    """The weighted mean of the features, before calibration."""
+    return sum(WEIGHTS[k] * v for k, v in f.items())
+
+
+def calibrated(raw: float) -> float:
+    """Piecewise-linear through (0, 0), (RAW_AT_HALF, 0.5), (1, 1): ranks are unchanged."""
+    if raw <= RAW_AT_HALF:
+        return 0.5 * raw / RAW_AT_HALF
+    return 0.5 + 0.5 * (raw - RAW_AT_HALF) / (1 - RAW_AT_HALF)
+
+
+def heuristic_score(text: str) -> float:
+    """The heuristic's calibrated score of one Python file; raises SyntaxError if it does
+    not parse."""
+    return round(calibrated(raw_score(features(text))), 4)
+
+
+def relative_labels(scores: list[float], fraction: float) -> tuple[list[int], float | None]:
+    """Label 1 for the top ``fraction`` of ``scores``: ``score >= cut``, the cut taken between
+    two distinct scores so that tied scores share a label and both labels occur, as close to
+    ``fraction`` as the ties allow. ``(labels, cut)``; with fewer than two distinct scores
+    there is no such cut: ``([0, ...], None)``."""
+    values = np.unique(np.asarray(scores, np.float64))
+    if len(values) < 2:
+        return [0] * len(scores), None
+    ordered = np.sort(np.asarray(scores, np.float64))
+    # share of scores >= each candidate cut (every distinct value but the lowest)
+    rates = 1 - np.searchsorted(ordered, values[1:], side="left") / len(ordered)
+    cut = float(values[1:][int(np.argmin(np.abs(rates - fraction)))])
+    return [int(s >= cut) for s in scores], cut
 
 
 class HeuristicAnnotator:
@@ -108,12 +161,11 @@ class HeuristicAnnotator:
         out: list[dict[str, Any] | None] = []
         for text in texts:
             try:
-                f = features(text)
+                score = heuristic_score(text)
             except (SyntaxError, ValueError, RecursionError):
                 self.stats["malformed"] += 1
                 out.append(None)
                 continue
-            score = round(sum(WEIGHTS[k] * v for k, v in f.items()), 4)
             out.append({"label": int(score >= self.cfg.positive_score), "score": score,
                         "annotator": self.name})
             self.stats["annotated"] += 1
@@ -180,6 +232,26 @@ class TeacherAnnotator:
             todo = again
         self.stats["malformed"] += len(todo)
         return out
+
+
+def assign_labels(annotations: list[dict[str, Any]], cfg: AnnotateConfig) -> dict[str, Any]:
+    """Set each annotation's ``label`` by the config's rule (relative to the sample unless
+    ``positive_fraction`` is None, or every score is the same); returns the rule's facts."""
+    scores = [a["score"] for a in annotations]
+    own = [int(s >= cfg.positive_score) for s in scores]
+    labels, cut = own, None
+    if cfg.positive_fraction is not None:
+        relative, cut = relative_labels(scores, cfg.positive_fraction)
+        labels = relative if cut is not None else own
+    if cut is not None:
+        rule = f"top {cfg.positive_fraction:g} of the sample by score (score >= {cut:.4f})"
+    else:
+        rule = f"score >= {cfg.positive_score:g}" + (
+            " (every annotation has the same score)" if cfg.positive_fraction else "")
+    for annotation, label in zip(annotations, labels, strict=True):
+        annotation["label"] = label
+    return {"positive": sum(labels), "label_rule": rule, "annotator_positive": sum(own),
+            "positive_score": cfg.positive_score}
 
 
 def make_annotator(cfg: AnnotateConfig) -> HeuristicAnnotator | TeacherAnnotator:

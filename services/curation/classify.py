@@ -8,6 +8,11 @@ annotations (stratified) and reports precision / recall / F1 of the positive cla
 the chance baseline (the F1 of guessing at the base rate equals the base rate); the metrics
 are saved inside the model file and next to it as JSON. ``edu_score`` is the forest's
 probability of the positive class.
+
+When the annotations cannot train a classifier (too few, or one label only: a small corpus,
+a judge that gives every file the same score), the step falls back: no model is saved, the
+metrics say ``"status": "fallback"`` with the reason, and ``edu_score`` is the annotator's
+own score (see ``pipeline.Scorer``), so any corpus of one file or more curates.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -27,6 +33,8 @@ from services.curation.config import ClassifyConfig
 
 MODEL_FILE = "classifier.pkl"
 METRICS_FILE = "classifier_metrics.json"
+MIN_ANNOTATIONS = 8
+MIN_PER_LABEL = 2
 
 
 def minilm_path() -> str:
@@ -82,6 +90,21 @@ def encoder(name: str, max_tokens: int, batch_size: int) -> Encoder:
     return Encoder(name, max_tokens, batch_size)
 
 
+def save_fallback(uri: str, reason: str, annotator: str) -> dict[str, Any]:
+    """Record that no classifier was trained and why; returns the metrics written."""
+    metrics = {"status": "fallback", "reason": reason,
+               "edu_score": f"the {annotator} annotator's own score"}
+    open_storage(uri).write_text(METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def load_model(uri: str) -> EduClassifier | None:
+    """The trained classifier, or None where the train step fell back."""
+    store = open_storage(uri)
+    metrics = json.loads(store.read_text(METRICS_FILE))
+    return None if metrics.get("status") == "fallback" else EduClassifier.load(uri)
+
+
 @dataclass
 class EduClassifier:
     """A fitted forest plus what it needs to score new files the same way."""
@@ -111,18 +134,33 @@ class EduClassifier:
         return pickle.loads(open_storage(uri).read_bytes(MODEL_FILE))
 
 
+def untrainable(labels: list[int], test_fraction: float) -> str | None:
+    """Why these labels cannot train and test a classifier, or None if they can: it needs
+    ``MIN_ANNOTATIONS``, ``MIN_PER_LABEL`` of each label, and both labels on both sides of
+    the stratified held-out split."""
+    n = len(labels)
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2)
+    n_test = math.ceil(test_fraction * n)
+    if n < MIN_ANNOTATIONS:
+        return f"{n} annotations, fewer than {MIN_ANNOTATIONS}"
+    if counts.min() < MIN_PER_LABEL:
+        return (f"{counts[1]} positive and {counts[0]} negative annotations, fewer than "
+                f"{MIN_PER_LABEL} of each label")
+    if min(n_test, n - n_test) < 2:
+        return f"{n} annotations cannot hold out {test_fraction:g} and train on the rest"
+    return None
+
+
 def train(texts: list[str], labels: list[int], cfg: ClassifyConfig) -> EduClassifier:
     """Fit on the annotations; metrics on a stratified held-out part, then refit on all."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
 
+    reason = untrainable(labels, cfg.test_fraction)
+    if reason is not None:
+        raise ValueError(f"cannot train the classifier: {reason}")
     y = np.asarray(labels, np.int64)
-    counts = np.bincount(y, minlength=2)
-    if len(y) < 8 or counts.min() < 2:
-        raise ValueError(f"cannot train the classifier: {len(y)} annotations with "
-                         f"{counts[1]} positive and {counts[0]} negative; annotate more files "
-                         "(annotate.sample_size) or move annotate.positive_score")
     x = encoder(cfg.encoder, cfg.max_tokens, cfg.batch_size)(texts)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=cfg.test_fraction,
                                               random_state=cfg.seed, stratify=y)
@@ -136,7 +174,7 @@ def train(texts: list[str], labels: list[int], cfg: ClassifyConfig) -> EduClassi
     p, r, f1, _ = precision_recall_fscore_support(y_te, pred, average="binary",
                                                   zero_division=0)
     base = float(y_te.mean())
-    metrics = {"precision": float(p), "recall": float(r), "f1": float(f1),
+    metrics = {"status": "trained", "precision": float(p), "recall": float(r), "f1": float(f1),
                "accuracy": float(accuracy_score(y_te, pred)), "n_train": int(len(y_tr)),
                "n_test": int(len(y_te)), "positive_rate": base,
                "chance_f1": base, "chance_accuracy": max(base, 1 - base),

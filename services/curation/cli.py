@@ -84,7 +84,9 @@ def summary(report: dict) -> Table:
         if n:
             table.add_row(f"dropped: {reason}", str(n))
     m = report.get("classifier") or {}
-    if m:
+    if m.get("status") == "fallback":
+        table.add_row("classifier", f"fallback: {m['reason']}; edu_score is {m['edu_score']}")
+    elif m:
         table.add_row("classifier F1 (chance)", f"{m['f1']:.3f} ({m['chance_f1']:.3f})")
     table.add_row("threshold", f"{report['threshold']:.4f}")
     table.add_row("kept chars / est. tokens",

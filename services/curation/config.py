@@ -79,8 +79,15 @@ class AnnotateConfig(ConfigModel):
     sample_size: int = Field(1000, ge=2, description="Records annotated (paper: ~100k), "
                              "drawn by a seeded hash of their id.")
     seed: int = Field(0, description="Seed of the sample.")
-    positive_score: float = Field(0.5, description="Normalized score (0..1) from which an "
-                                  "annotation counts as educational (label 1).")
+    positive_fraction: float | None = Field(0.25, gt=0, lt=1, description="Labels relative "
+                                            "to the corpus: the top fraction of the annotated "
+                                            "sample by score is educational (label 1), the "
+                                            "cut falling between two distinct scores. None: "
+                                            "label 1 from positive_score on.")
+    positive_score: float = Field(0.5, description="Normalized score (0..1) from which the "
+                                  "annotator itself calls a file educational; the label "
+                                  "when positive_fraction is None. The heuristic is "
+                                  "calibrated so that ~25% of real code reaches 0.5.")
     max_attempts: int = Field(3, ge=1, description="Teacher asks per record while the answer "
                               "has no parsable score.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig,

@@ -37,9 +37,21 @@ from primer.datasets import Producer, ShardInfo, commit_dataset, write_shard
 from primer.executor import Executor, Job, LocalExecutor, WorkUnit
 from primer.storage import Storage, open_storage
 from services.curation import readers
-from services.curation.annotate import make_annotator, sample_rank
-from services.curation.classify import EduClassifier, train
-from services.curation.config import CurationConfig
+from services.curation.annotate import (
+    HeuristicAnnotator,
+    TeacherAnnotator,
+    assign_labels,
+    make_annotator,
+    sample_rank,
+)
+from services.curation.classify import (
+    EduClassifier,
+    load_model,
+    save_fallback,
+    train,
+    untrainable,
+)
+from services.curation.config import AnnotateConfig, CurationConfig
 from services.curation.dedup import MinHasher, cluster, exact_key, removal_reasons
 from services.curation.filters import default_filters
 from services.curation.steps import BatchStep, Filter, Record, drop_counts, run_pipeline
@@ -174,33 +186,55 @@ def annotate_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
     annotator = make_annotator(cfg.annotate)
     labels = annotator.annotate([texts[x] for x in ids])
     keep = [(x, a) for x, a in zip(ids, labels, strict=True) if a is not None]
+    rule = assign_labels([a for _, a in keep], cfg.annotate)
     _write_table(store, "annotations.parquet", pa.table({
         "id": pa.array([x for x, _ in keep], pa.string()),
         "text": pa.array([texts[x] for x, _ in keep], pa.string()),
         "annotation": pa.array([a for _, a in keep], ANNOTATION)}))
-    return {"sampled": len(ids), **dict(annotator.stats), "annotator": annotator.name,
-            "positive": sum(a["label"] for _, a in keep)}
+    return {"sampled": len(ids), **dict(annotator.stats), "annotator": annotator.name, **rule}
 
 
 def train_unit(config: dict, out: str) -> dict[str, Any]:
+    """Fit the classifier on the annotations, or, when they cannot train one, record the
+    fallback: every record is then scored by the annotator itself (see :class:`Scorer`)."""
     cfg = _cfg(config)
     table = _read_table(open_storage(f"{out}/_work"), "annotations.parquet")
     labels = [a["label"] for a in table.column("annotation").to_pylist()]
+    reason = untrainable(labels, cfg.classify.test_fraction)
+    if reason is not None:
+        return save_fallback(f"{out}/_work/model", f"cannot train the classifier: {reason}",
+                             cfg.annotate.annotator)
     model = train(table.column("text").to_pylist(), labels, cfg.classify)
     model.save(f"{out}/_work/model")
     return model.metrics
 
 
 class Scorer(BatchStep):
-    """Adds ``edu_score`` (and the annotation, where one exists) to records in batches."""
+    """Adds ``edu_score`` (and the annotation, where one exists) to records in batches:
+    the classifier's probability of label 1, or, in the fallback, the annotator's own score
+    (the sample's annotation where there is one, else the annotator is asked; a record it
+    cannot score gets 0.0 and is counted ``unscored``)."""
 
-    def __init__(self, model: EduClassifier, annotations: dict[str, dict], batch_size: int):
+    def __init__(self, model: EduClassifier | None, annotations: dict[str, dict],
+                 batch_size: int, annotate: AnnotateConfig):
         super().__init__(batch_size)
-        self.model, self.annotations = model, annotations
+        self.model, self.annotations, self.annotate_cfg = model, annotations, annotate
+        self.annotator: HeuristicAnnotator | TeacherAnnotator | None = None
+
+    def _annotator_scores(self, batch: list[Record]) -> list[float]:
+        todo = [r["text"] for r in batch if r["id"] not in self.annotations]
+        if todo:
+            self.annotator = self.annotator or make_annotator(self.annotate_cfg)
+            self.stats["annotator_scored"] += len(todo)
+        asked = iter(self.annotator.annotate(todo) if todo else [])
+        got = [self.annotations.get(r["id"]) or next(asked) for r in batch]
+        self.stats["unscored"] += sum(a is None for a in got)
+        return [0.0 if a is None else a["score"] for a in got]
 
     def process_batch(self, batch: list[Record]) -> list[Record]:
-        scores = self.model.score([r["text"] for r in batch], self.batch_size)
-        for record, score in zip(batch, scores.tolist(), strict=True):
+        scores = self.model.score([r["text"] for r in batch], self.batch_size).tolist() \
+            if self.model is not None else self._annotator_scores(batch)
+        for record, score in zip(batch, scores, strict=True):
             record["edu_score"] = round(float(score), 6)
             record["annotation"] = self.annotations.get(record["id"])
         return batch
@@ -226,15 +260,16 @@ def score_unit(config: dict, out: str, index: int) -> dict[str, Any]:
     annotations = dict(zip(ann.column("id").to_pylist(), ann.column("annotation").to_pylist(),
                            strict=True))
     dedup = DedupFilter(_removed(store, index), sink)
-    scorer = Scorer(EduClassifier.load(f"{out}/_work/model"), annotations,
-                    cfg.classify.batch_size)
+    scorer = Scorer(load_model(f"{out}/_work/model"), annotations, cfg.classify.batch_size,
+                    cfg.annotate)
     records = _read_table(store, f"filtered/{_shard(index)}",
                           [k for k, _ in BASE_FIELDS]).to_pylist()
     rows = list(run_pipeline(records, [dedup, scorer]))
     _write_table(store, f"scored/{_shard(index)}",
                  pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
     return {"rows": len(rows), "drops": dict(dedup.drop_counts),
-            "dropped": sink.write(out, f"dedup-{index:05d}.parquet")}
+            "dropped": sink.write(out, f"dedup-{index:05d}.parquet"),
+            "scoring": {k: scorer.stats[k] for k in ("annotator_scored", "unscored")}}
 
 
 class EduScoreFilter(Filter):
@@ -349,6 +384,9 @@ def run(cfg: CurationConfig, *, executor: Executor | None = None, progress: bool
     drops: Counter[str] = Counter()
     for r in reads + scores + selects:
         drops.update(r["drops"])
+    if metrics.get("status") == "fallback":
+        metrics = {**metrics, **{k: sum(s["scoring"][k] for s in scores)
+                                 for k in ("annotator_scored", "unscored")}}
     chars = sum(s["chars"] for s in selects)
     tokens = int(chars / cfg.chars_per_token)
     facts = {"input": cfg.input or "stdlib+site-packages", "files_seen": sum(r["seen"]

@@ -3,7 +3,8 @@
 Written to ``<output>/_report/``: ``report.json`` (everything), ``report.md`` (a table per
 reason, classifier metrics, kept characters and estimated tokens) and
 ``edu_score_hist.png`` (edu_score of every deduplicated record, the kept part highlighted,
-the threshold as a line).
+the threshold as a line). Where the classifier could not be trained, ``classifier`` says
+``"status": "fallback"`` and why, here and in the dataset's manifest.
 """
 
 from __future__ import annotations
@@ -57,7 +58,19 @@ def write_report(out: str, manifest: Manifest, facts: dict[str, Any]) -> dict[st
              f"- keep rule: {facts['rule']} (threshold {facts['threshold']:.4f})", "",
              "| reason | dropped |", "|---|---:|"]
     lines += [f"| {r} | {n} |" for r, n in counts.items()]
-    if m:
+    a = facts.get("annotations") or {}
+    if a:
+        lines += ["", "## Annotations", "",
+                  f"{a.get('annotated', 0)} of {a['sampled']} sampled files annotated by "
+                  f"{a['annotator']}; labels: {a['label_rule']}: {a['positive']} educational "
+                  f"(the annotator's own cut, score >= {a['positive_score']:g}: "
+                  f"{a['annotator_positive']})"]
+    if m.get("status") == "fallback":
+        lines += ["", "## Classifier: fallback", "",
+                  f"{m['reason']}. edu_score is {m['edu_score']}: the sample's annotations, "
+                  f"and {m['annotator_scored']} more files scored by the annotator "
+                  f"({m['unscored']} it could not score count as 0)."]
+    elif m:
         lines += ["", "## Classifier (held-out annotations)", "",
                   f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
                   f"F1 {m['f1']:.3f} (chance F1 {m['chance_f1']:.3f}), accuracy "

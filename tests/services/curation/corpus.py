@@ -6,6 +6,8 @@ import os
 import sysconfig
 from pathlib import Path
 
+from services.curation import calibrate
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 PACKAGES = ("json", "email", "http", "logging", "concurrent", "importlib", "xml/dom",
             "asyncio", "urllib", "wsgiref", "sqlite3", "tomllib", "zoneinfo", "unittest")
@@ -74,3 +76,32 @@ def build(root: Path, n_real: int = 120) -> Path:
     (planted / "huge.py").write_text("x = 1\n" * (MAX_BYTES // 5))
     os.symlink(planted / "does-not-exist.py", planted / "broken.py")
     return src
+
+
+def stdlib_modules(n: int, start: str = "") -> list[Path]:
+    """``n`` modules of the standard library outside test folders, in sorted order from the
+    first whose path (relative to it) is ``>= start`` on, wrapping around."""
+    modules = calibrate.stdlib_modules()
+    first = next((i for i, p in enumerate(modules)
+                  if p.relative_to(STDLIB).as_posix() >= start), 0)
+    return (modules[first:] + modules[:first])[:n]
+
+
+def user_repo(root: Path, n: int, start: str = "") -> Path:
+    """``n`` files under ``root/repo``: real stdlib modules, about one in eight an exact or
+    near copy of another, about one in thirteen junk (see JUNK). Returns that folder."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    junk = list(JUNK.items())[:n // 13]
+    n_dupes = n // 8 if n >= 8 else 0
+    real = stdlib_modules(n - len(junk) - n_dupes, start)
+    for i, p in enumerate(real):
+        (repo / f"{i:04d}_{p.name}").write_bytes(p.read_bytes())
+    for i in range(n_dupes):
+        text = real[i % len(real)].read_text(errors="replace")
+        copy = text if i % 2 else "# a vendored copy\n" + text + "\n# end of the copy\n"
+        (repo / f"copy{i:03d}_{real[i % len(real)].name}").write_text(copy)
+    for name, (text, _) in junk:
+        (repo / f"junk_{name}").write_text(text)
+    assert len(list(repo.iterdir())) == n
+    return repo

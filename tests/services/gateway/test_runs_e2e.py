@@ -40,9 +40,9 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
     corpus = small_corpus(tmp_path / "inputs")
     with celery_workers(redis_url, queue, tmp_path / "logs", n=1), \
             serve(create_app(config)) as url:
-        # 29 of 30 files score above the default 0.5: the classifier cannot train → Failed
+        # the classifier's encoder does not exist: the train unit fails → Failed
         bad = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
-                  "--classify.n_estimators=10")
+                  "--classify.n_estimators=10", f"--classify.encoder={tmp_path / 'nothing'}")
         assert bad.exit_code == 0, bad.output
         bad_id = json.loads(bad.output)["id"]
         good = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
@@ -52,7 +52,7 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
         failed = cli("runs", "get", bad_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert failed.exit_code == 1, failed.output
         run = json.loads(failed.output)
-        assert run["phase"] == "Failed" and "cannot train the classifier" in run["error"]
+        assert run["phase"] == "Failed" and "cannot load encoder" in run["error"]
 
         done = cli("runs", "get", good_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert done.exit_code == 0, done.output
