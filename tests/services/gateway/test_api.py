@@ -133,13 +133,19 @@ def test_readyz_fails_while_redis_is_unreachable(tmp_path):
         assert status == 503 and "Redis" in data["error"]
 
 
-def test_teacher_latency_and_failed_units_metrics(gateway, redis_url):
+def test_teacher_latency_and_failed_units_metrics(redis_url, tmp_path):
     """Finished generation runs carry the teacher client's usage (requests, summed latency)
     and their failed-unit count; /metrics reports the mean latency and the failures."""
     from services.gateway.store import RunStore
 
-    url, _ = gateway
-    store = RunStore.from_url(redis_url)
+    # A database of its own: other tests' finished runs would move the mean.
+    own = f"{redis_url.rsplit('/', 1)[0]}/13"
+    redis.Redis.from_url(own).flushdb()
+    with serve(create_app(gateway_config(own, tmp_path))) as url:
+        _latency_and_failures(url, RunStore.from_url(own))
+
+
+def _latency_and_failures(url: str, store) -> None:
     for i, (requests, seconds) in enumerate([(4, 2.0), (6, 3.0)]):
         status, run, _ = http("POST", f"{url}/v1/runs", {
             "component": "generation", "kind": "textbooks", "count": 2,

@@ -37,12 +37,16 @@ def small_corpus(path: Path) -> Path:
 def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
     config = gateway_config(redis_url, tmp_path)
     queue = config.queues["curation"]
-    corpus = small_corpus(tmp_path / "inputs")
+    (tmp_path / "inputs").mkdir()
+    corpus = small_corpus(tmp_path / "inputs" / "code")
     with celery_workers(redis_url, queue, tmp_path / "logs", n=1), \
             serve(create_app(config)) as url:
-        # the classifier's encoder does not exist: the train unit fails → Failed
-        bad = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
-                  "--classify.n_estimators=10", f"--classify.encoder={tmp_path / 'nothing'}")
+        # JSONL records without the text column: the read unit fails → Failed (a run may not
+        # name an encoder path, so a broken input is the way to break a unit from outside)
+        broken = tmp_path / "inputs" / "broken.jsonl"
+        broken.write_text("".join(json.dumps({"content": f"x = {i}"}) + "\n" for i in range(3)))
+        bad = cli("runs", "submit", "curation", f"input={broken}", "--gateway", url,
+                  "--classify.n_estimators=10")
         assert bad.exit_code == 0, bad.output
         bad_id = json.loads(bad.output)["id"]
         good = cli("runs", "submit", "curation", f"input={corpus}", "--gateway", url,
@@ -52,7 +56,7 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
         failed = cli("runs", "get", bad_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert failed.exit_code == 1, failed.output
         run = json.loads(failed.output)
-        assert run["phase"] == "Failed" and "cannot load encoder" in run["error"]
+        assert run["phase"] == "Failed" and "expected a JSON object with 'text'" in run["error"]
 
         done = cli("runs", "get", good_id, "--wait", "--interval", "0.5", "--gateway", url)
         assert done.exit_code == 0, done.output
