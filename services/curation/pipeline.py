@@ -1,24 +1,17 @@
-"""The curation job: six stages of idempotent work units, the same under every executor.
+"""The curation units: read, dedup, annotate, train, score, threshold, select, commit.
 
-    read     (one unit per input partition)  read → filters → exact hash + MinHash bands
-    dedup    (one unit)                      cluster every shard's bands; who is removed
-    annotate (one unit)                      seeded sample of the survivors → annotator
-    train    (one unit)                      embeddings + random forest, held-out metrics
-    score    (one unit per shard)            drop duplicates, edu_score for every record
-    select   (one unit per shard)            keep by threshold / top fraction → output shard
-
-Each stage is a :class:`primer.executor.Job` whose markers live under
-``<output>/_work/state/<stage>``; each unit publishes its output atomically before its marker,
-so a killed run, started again with the same config, redoes only unfinished units and gives
-the same output. The work folder records the config hash; another config on the same output
-is refused rather than mixed. Layout under ``<output>``::
+Each is an idempotent work-unit function; :mod:`services.curation.plan` says which units a
+run is made of and in which order (the same plan under every executor and every door). Each
+stage's markers live under ``<output>/_work/state/<stage>``; each unit publishes its output
+atomically before its marker, so a killed run, started again with the same config, redoes
+only unfinished units and gives the same output. The work folder records the config hash;
+another config on the same output is refused rather than mixed. Layout under ``<output>``::
 
     part-*.parquet, _manifest.json     the kept dataset (drop_counts per reason)
     _dropped/                          optional: dropped records with their reason (a dataset)
     _report/                           report.json, report.md, edu_score_hist.png, classifier
     _work/                             intermediate shards, markers, the model
 """
-
 from __future__ import annotations
 
 import json
@@ -34,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from primer.datasets import Producer, ShardInfo, commit_dataset, write_shard
-from primer.executor import Executor, Job, LocalExecutor, WorkUnit
+from primer.executor import Executor, LocalExecutor
+from primer.executor.plan import drive, unit_result
 from primer.storage import Storage, open_storage
 from services.curation import readers
 from services.curation.annotate import (
@@ -298,27 +292,18 @@ def select_unit(config: dict, out: str, index: int, threshold: float) -> dict[st
             "hist_all": hist_all.tolist(), "hist_kept": hist_kept.tolist()}
 
 
-# -- the coordinator ------------------------------------------------------------------------
+# -- the last units: threshold, commit --------------------------------------------------------
 
-def _hash(cfg: CurationConfig) -> str:
-    import hashlib
-
-    data = cfg.model_dump(mode="json", exclude={"executor", "workers", "redis", "storage",
-                                                "log_level"})
-    data["annotate"]["teacher"].pop("max_concurrency", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def plan_unit(config: dict) -> dict[str, Any]:
+    """List the input once: the partitions every later stage is cut by (kept in the marker,
+    so the run's shards stay fixed even if the input changes under it)."""
+    cfg = _cfg(config)
+    return {"parts": readers.plan(cfg.input, cfg.reader)}
 
 
-def make_executor(cfg: CurationConfig) -> Executor:
-    if cfg.executor == "celery":
-        from primer.executor import CeleryExecutor
-
-        return CeleryExecutor(cfg.redis.url)
-    return LocalExecutor(workers=cfg.workers)
-
-
-def threshold_for(cfg: CurationConfig, out: str, n_shards: int) -> float:
+def threshold_unit(config: dict, out: str, n_shards: int) -> float:
     """``min_score`` as is; for ``keep_top``, the score of the last record kept."""
+    cfg = _cfg(config)
     if cfg.classify.keep_top is None:
         return cfg.classify.min_score if cfg.classify.min_score is not None else 0.5
     store = open_storage(f"{out}/_work")
@@ -331,56 +316,24 @@ def threshold_for(cfg: CurationConfig, out: str, n_shards: int) -> float:
     return float(np.sort(scores)[::-1][k - 1])
 
 
-def run(cfg: CurationConfig, *, executor: Executor | None = None, progress: bool = True,
-        on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole curation; returns the report (see report.py)."""
+def commit_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
+    """Publish the kept shards (and the dropped ones) as datasets and write the report, from
+    the results the earlier units left in their markers; returns the report."""
     from services.curation.report import write_report
 
-    out = open_storage(cfg.output or f"{cfg.storage.root}/runs/curate/curated").uri
-    executor = executor or make_executor(cfg)
-    work = open_storage(f"{out}/_work")
-    digest = _hash(cfg)
-    if work.exists("config.json"):
-        old = json.loads(work.read_text("config.json"))["hash"]
-        if old != digest:
-            raise CurationError(f"{out} holds a curation with another config (hash {old}, now "
-                                f"{digest}): choose a new --output or delete {work.uri}")
-    else:
-        work.write_text("config.json", json.dumps({"hash": digest,
-                                                   "config": cfg.model_dump(mode="json")},
-                                                  indent=1, default=str))
-    config = cfg.model_dump(mode="json")
-    parts = readers.plan(cfg.input, cfg.reader)
-    n = len(parts)
+    cfg = _cfg(config)
 
-    def stage(name: str, units: list[WorkUnit]) -> list[Any]:
-        if on_stage:
-            on_stage(name)
-        result = executor.run(Job(f"curate-{name}", units, f"{out}/_work/state/{name}"),
-                              progress=progress)
-        if not result.ok:
-            first = result.failed[0]
-            raise CurationError(f"stage {name}: {len(result.failed)} unit(s) failed; "
-                                f"{first.unit_id}: {first.error}\n{first.traceback}")
-        return [result.results[u.id] for u in units]
+    def results(stage: str, ids: list[str]) -> list[Any]:
+        return [unit_result(state_uri(out, stage), i) for i in ids]
 
-    mod = "services.curation.pipeline"
-    reads = stage("read", [WorkUnit(f"read-{i:05d}", f"{mod}:read_unit",
-                                    {"config": config, "part": p, "index": i, "out": out})
-                           for i, p in enumerate(parts)])
-    dedup = stage("dedup", [WorkUnit("dedup", f"{mod}:dedup_unit",
-                                     {"config": config, "out": out, "n_shards": n})])[0]
-    annotations = stage("annotate", [WorkUnit("annotate", f"{mod}:annotate_unit",
-                                              {"config": config, "out": out, "n_shards": n})])[0]
-    metrics = stage("train", [WorkUnit("train", f"{mod}:train_unit",
-                                       {"config": config, "out": out})])[0]
-    scores = stage("score", [WorkUnit(f"score-{i:05d}", f"{mod}:score_unit",
-                                      {"config": config, "out": out, "index": i})
-                             for i in range(n)])
-    threshold = threshold_for(cfg, out, n)
-    selects = stage("select", [WorkUnit(f"select-{i:05d}", f"{mod}:select_unit",
-                                        {"config": config, "out": out, "index": i,
-                                         "threshold": threshold}) for i in range(n)])
+    reads = results("read", [f"read-{i:05d}" for i in range(n_shards)])
+    dedup, = results("dedup", ["dedup"])
+    annotations, = results("annotate", ["annotate"])
+    metrics, = results("train", ["train"])
+    threshold, = results("threshold", ["threshold"])
+    scores = results("score", [f"score-{i:05d}" for i in range(n_shards)])
+    selects = results("select", [f"select-{i:05d}" for i in range(n_shards)])
+    digest = config_digest(cfg)
     drops: Counter[str] = Counter()
     for r in reads + scores + selects:
         drops.update(r["drops"])
@@ -411,22 +364,36 @@ def run(cfg: CurationConfig, *, executor: Executor | None = None, progress: bool
     return write_report(out, manifest, facts)
 
 
-STAGES = ("read", "dedup", "annotate", "train", "score", "select")
+# -- running it -----------------------------------------------------------------------------
+
+#: What a unit's config leaves out: how a door runs the units, not what they compute.
+DOOR_KEYS = {"executor", "workers", "redis", "storage", "log_level"}
 
 
-def run_unit(input: str, output: str, steps: list[str] | None = None,
-             config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Work unit for a whole curation (the operator's CurationRun): the stages run one after
-    another inside this worker, each resumable through its own markers under the output.
+def config_digest(cfg: CurationConfig) -> str:
+    import hashlib
 
-    A Celery worker's process may not start a process pool, so stages run in-process here;
-    scale a cluster curation by running ``primer curate --executor celery`` instead.
-    """
-    if steps and list(steps) != list(STAGES):
-        raise CurationError(f"steps {steps}: a CurationRun runs every stage {list(STAGES)}; "
-                            "running a subset is not supported")
-    from primer.config import load_config
+    data = cfg.model_dump(mode="json", exclude=DOOR_KEYS)
+    data["annotate"]["teacher"].pop("max_concurrency", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
-    cfg = load_config(CurationConfig, base={**(config or {}), "input": input, "output": output})
-    report = run(cfg, executor=LocalExecutor(workers=1), progress=False)
-    return {"output": output, "kept": report.get("kept") if isinstance(report, dict) else None}
+
+def state_uri(out: str, stage: str) -> str:
+    return f"{out}/_work/state/{stage}"
+
+
+def make_executor(cfg: CurationConfig) -> Executor:
+    if cfg.executor == "celery":
+        from primer.executor import CeleryExecutor
+
+        return CeleryExecutor(cfg.redis.url)
+    return LocalExecutor(workers=cfg.workers)
+
+
+def run(cfg: CurationConfig, *, executor: Executor | None = None, progress: bool = True,
+        on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole curation with ``executor``; returns the report."""
+    from services.curation.plan import CurationPlanner
+
+    return drive(CurationPlanner(), cfg, executor or make_executor(cfg), progress=progress,
+                 on_step=(lambda step: on_stage(step.stage)) if on_stage else None)
