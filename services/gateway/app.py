@@ -37,7 +37,7 @@ from services.gateway.driver import DRIVER_FN
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
 from services.gateway.models import TERMINAL, ErrorBody, Phase, Run, RunList, RunSpec
-from services.gateway.progress import units_done
+from primer.progress import units_done
 from services.gateway.store import RunStore, now
 
 RUN_ID = r"^run-[0-9a-f]{12}$"

@@ -1,4 +1,6 @@
-"""What a run has done so far, read from its output: completion markers and manifests.
+"""The one progress reader: what a run has done so far, from its output's completion markers
+and manifests. The CLI's bars, the gateway's run records and the operator's status all read
+it, so they agree.
 
 Every component keeps its work units' markers under ``<output>/_work/**/_markers/`` (see
 ``primer.executor``), so counting them needs no knowledge of the component.
@@ -6,6 +8,7 @@ Every component keeps its work units' markers under ``<output>/_work/**/_markers
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -56,6 +59,15 @@ def unit_stats(output: str) -> dict[str, Any]:
                     a + int(b) for a, b in zip(stats["teacher_latency_counts"], counts,
                                                strict=True)]
     return stats
+
+
+def eta_seconds(started_at: str | None, done: int, total: int) -> int | None:
+    """Seconds left at the rate so far (``started_at``: ISO 8601), None when unknown."""
+    if not started_at or not done or done >= total:
+        return None
+    elapsed = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(
+        started_at.replace("Z", "+00:00"))).total_seconds()
+    return int(elapsed / done * (total - done))
 
 
 def outputs(component: str, output: str) -> dict[str, Any]:
