@@ -57,6 +57,17 @@ class CeleryConfig:
     """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
     visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
 
+    def __post_init__(self) -> None:
+        if not self.visibility_timeout > 0:
+            raise ValueError(f"Celery visibility timeout must be positive, got "
+                             f"{self.visibility_timeout} (PRIMER_CELERY_VISIBILITY_TIMEOUT)")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between a running unit's heartbeats: three per timeout, so one late or
+        failed beat still leaves the delivery fresh."""
+        return self.visibility_timeout / 3
+
     @classmethod
     def from_env(cls) -> CeleryConfig:
         return cls(
@@ -101,7 +112,7 @@ def make_app(config: CeleryConfig | None = None) -> Celery:
                 f"unit {unit.get('id')} of job {job or '?'} was delivered {deliveries} times "
                 f"(limit {config.max_deliveries}): its worker process died each time (killed, "
                 "out of memory?); giving up. Raise PRIMER_CELERY_MAX_DELIVERIES to allow more.")
-        with heartbeat(self, interval=config.visibility_timeout / 3):
+        with heartbeat(self, interval=config.heartbeat_interval):
             outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
         return {"result": outcome.result, "skipped": outcome.skipped,
                 "duration_s": outcome.duration_s}

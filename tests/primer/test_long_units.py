@@ -62,6 +62,12 @@ def fake_task(app, tag: str) -> types.SimpleNamespace:
         delivery_info={"exchange": "", "routing_key": "q"}, properties={"delivery_tag": tag}))
 
 
+def test_the_heartbeat_beats_three_times_per_visibility_timeout():
+    assert CeleryConfig(visibility_timeout=3600).heartbeat_interval == 1200
+    with pytest.raises(ValueError, match="PRIMER_CELERY_VISIBILITY_TIMEOUT"):
+        CeleryConfig(visibility_timeout=0)
+
+
 def test_delivery_tag_comes_from_the_message_properties():
     assert delivery_tag(fake_task(None, "t-1").request) == "t-1"
     assert delivery_tag(types.SimpleNamespace(delivery_info=None, properties=None)) is None
