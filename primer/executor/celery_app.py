@@ -12,9 +12,11 @@ KEDA autoscaler watches), ``PRIMER_CELERY_VISIBILITY_TIMEOUT`` (seconds, default
 Delivery is at-least-once: a unit is acknowledged only after it ran (``acks_late``), a
 worker child that dies requeues it (``task_reject_on_worker_lost``), and a message held by a
 worker that vanished (kill -9, lost node) goes back to the queue once it has been unacked
-for the visibility timeout; a live worker's event loop sweeps for those. Set the timeout
-above the longest unit's run time, or a slow unit is handed to a second worker while the
-first still runs it (harmless, since units are idempotent, but wasted work).
+for the visibility timeout; a live worker's event loop sweeps for those. A unit may run far
+longer than that timeout: while it runs, a heartbeat thread in its process re-stamps its
+delivery every third of the timeout (:mod:`primer.executor.heartbeat`), so the sweep never
+hands a live worker's unit to a second worker. The timeout is thus how long the unit of a
+dead worker waits before it runs elsewhere, not a bound on a unit's run time.
 
 Because a process death requeues the unit, a unit that always kills its process (a poison
 input, an out-of-memory shard) would come back forever. Each delivery is counted in Redis
@@ -31,6 +33,7 @@ from typing import Any
 from celery import Celery
 
 from primer.executor.base import WorkUnit, run_unit
+from primer.executor.heartbeat import heartbeat
 
 TASK_NAME = "primer.run_unit"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -45,13 +48,25 @@ class CeleryConfig:
     queue: str = "primer"
     """Queue (Redis list) the units are sent to and workers consume (``-Q``)."""
     visibility_timeout: float = 3600.0
-    """Seconds a delivered, unacknowledged unit waits before another worker may take it."""
+    """Seconds after its worker's last heartbeat before an unacknowledged unit goes back to
+    the queue (the wait before a dead worker's unit runs elsewhere)."""
     max_deliveries: int = 5
     """Deliveries of one unit before it is failed instead of run again (a unit whose
     worker process dies every time would otherwise be requeued forever)."""
     restore_interval: float = field(default=0.0)
     """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
     visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
+
+    def __post_init__(self) -> None:
+        if not self.visibility_timeout > 0:
+            raise ValueError(f"Celery visibility timeout must be positive, got "
+                             f"{self.visibility_timeout} (PRIMER_CELERY_VISIBILITY_TIMEOUT)")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between a running unit's heartbeats: three per timeout, so one late or
+        failed beat still leaves the delivery fresh."""
+        return self.visibility_timeout / 3
 
     @classmethod
     def from_env(cls) -> CeleryConfig:
@@ -97,7 +112,8 @@ def make_app(config: CeleryConfig | None = None) -> Celery:
                 f"unit {unit.get('id')} of job {job or '?'} was delivered {deliveries} times "
                 f"(limit {config.max_deliveries}): its worker process died each time (killed, "
                 "out of memory?); giving up. Raise PRIMER_CELERY_MAX_DELIVERIES to allow more.")
-        outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
+        with heartbeat(self, interval=config.heartbeat_interval):
+            outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
         return {"result": outcome.result, "skipped": outcome.skipped,
                 "duration_s": outcome.duration_s}
 
