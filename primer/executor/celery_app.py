@@ -113,7 +113,7 @@ def make_app(config: CeleryConfig | None = None) -> Celery:
                 f"(limit {config.max_deliveries}): its worker process died each time (killed, "
                 "out of memory?); giving up. Raise PRIMER_CELERY_MAX_DELIVERIES to allow more.")
         with heartbeat(self, interval=config.heartbeat_interval):
-            outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
+            outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job, self.request.hostname)
         return {"result": outcome.result, "skipped": outcome.skipped,
                 "duration_s": outcome.duration_s}
 

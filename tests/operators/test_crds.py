@@ -10,12 +10,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from operators import specs
+from primer import runs
 from tests.charts.k8s_schemas import CHART, K8S_VERSIONS, _strict
 
 CRDS = {p.name: yaml.safe_load(p.read_text()) for p in sorted((CHART / "crds").glob("*.yaml"))}
-MODELS = {"CurationRun": specs.CurationSpec, "GenerationRun": specs.GenerationSpec,
-          "TrainingRun": specs.TrainingSpec, "EvaluationRun": specs.EvaluationSpec}
+MODELS = {"CurationRun": runs.CurationRun, "GenerationRun": runs.GenerationRun,
+          "TrainingRun": runs.TrainingRun, "EvaluationRun": runs.EvaluationRun}
 
 
 def crd_for(kind: str) -> dict:
@@ -60,7 +60,7 @@ def test_examples_validate_against_the_crds(path):
     assert obj["apiVersion"] == "primer.dev/v1alpha1"
     errors = list(validator(obj["kind"]).iter_errors(obj))
     assert not errors, [e.message for e in errors]
-    specs.parse_spec(MODELS[obj["kind"]], obj["spec"])  # and the operator accepts them
+    runs.parse_spec(MODELS[obj["kind"]], obj["spec"])  # and the operator accepts them
 
 
 @pytest.mark.parametrize("kind, spec, field", [
@@ -76,4 +76,4 @@ def test_invalid_specs_are_refused_naming_the_field(kind, spec, field):
     paths = {"/".join(map(str, e.path)) for e in validator(kind).iter_errors(obj)}
     assert any(p.startswith(f"spec/{field}") for p in paths), paths  # the API server
     with pytest.raises(Exception, match=rf"spec\.{field}"):  # and the operator
-        specs.parse_spec(MODELS[kind], spec)
+        runs.parse_spec(MODELS[kind], spec)
