@@ -371,9 +371,10 @@ DOOR_KEYS = {"executor", "workers", "redis", "storage", "log_level"}
 
 
 def config_digest(cfg: CurationConfig) -> str:
+    """What the records depend on: not where they are written, nor how units are run."""
     import hashlib
 
-    data = cfg.model_dump(mode="json", exclude=DOOR_KEYS)
+    data = cfg.model_dump(mode="json", exclude=DOOR_KEYS | {"output"})
     data["annotate"]["teacher"].pop("max_concurrency", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
