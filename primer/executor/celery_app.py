@@ -26,12 +26,13 @@ an error that says so instead of running again.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from celery import Celery
+from pydantic import ConfigDict, Field, field_validator
 
+from primer.config import ConfigModel, load_config
 from primer.executor.base import WorkUnit, run_unit
 from primer.executor.heartbeat import heartbeat
 
@@ -39,28 +40,38 @@ TASK_NAME = "primer.run_unit"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-@dataclass(frozen=True)
-class CeleryConfig:
-    """Where the queue is and how deliveries behave."""
+class CeleryConfig(ConfigModel):
+    """Where the queue is and how deliveries behave; a config section like any other, whose
+    defaults come from the service variables the chart sets (``env_defaults``)."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    """Broker and result backend (``redis://host:port/db``)."""
-    queue: str = "primer"
-    """Queue (Redis list) the units are sent to and workers consume (``-Q``)."""
-    visibility_timeout: float = 3600.0
-    """Seconds after its worker's last heartbeat before an unacknowledged unit goes back to
-    the queue (the wait before a dead worker's unit runs elsewhere)."""
-    max_deliveries: int = 5
-    """Deliveries of one unit before it is failed instead of run again (a unit whose
-    worker process dies every time would otherwise be requeued forever)."""
-    restore_interval: float = field(default=0.0)
-    """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
-    visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
+    model_config = ConfigDict(frozen=True)
+    env_defaults: ClassVar[Mapping[str, str]] = {
+        "redis_url": "PRIMER_REDIS_URL", "queue": "PRIMER_CELERY_QUEUE",
+        "visibility_timeout": "PRIMER_CELERY_VISIBILITY_TIMEOUT",
+        "max_deliveries": "PRIMER_CELERY_MAX_DELIVERIES"}
 
-    def __post_init__(self) -> None:
-        if not self.visibility_timeout > 0:
-            raise ValueError(f"Celery visibility timeout must be positive, got "
-                             f"{self.visibility_timeout} (PRIMER_CELERY_VISIBILITY_TIMEOUT)")
+    redis_url: str = Field(DEFAULT_REDIS_URL, description=(
+        "Broker and result backend (redis://host:port/db)."))
+    queue: str = Field("primer", description=(
+        "Queue (Redis list) the units are sent to and workers consume (-Q)."))
+    visibility_timeout: float = Field(3600.0, description=(
+        "Seconds after its worker's last heartbeat before an unacknowledged unit goes back "
+        "to the queue (the wait before a dead worker's unit runs elsewhere)."))
+    max_deliveries: int = Field(5, ge=1, description=(
+        "Deliveries of one unit before it is failed instead of run again (a unit whose "
+        "worker process dies every time would otherwise be requeued forever)."))
+    restore_interval: float = Field(0.0, ge=0, description=(
+        "Seconds between a worker's sweeps for expired unacked units; 0: derived from the "
+        "visibility timeout (kombu's default is a scan every 100 s, too slow for short "
+        "timeouts)."))
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"Celery visibility timeout must be positive, got {value} "
+                             "(PRIMER_CELERY_VISIBILITY_TIMEOUT)")
+        return value
 
     @property
     def heartbeat_interval(self) -> float:
@@ -70,12 +81,7 @@ class CeleryConfig:
 
     @classmethod
     def from_env(cls) -> CeleryConfig:
-        return cls(
-            redis_url=os.environ.get("PRIMER_REDIS_URL", DEFAULT_REDIS_URL),
-            queue=os.environ.get("PRIMER_CELERY_QUEUE", "primer"),
-            visibility_timeout=float(os.environ.get("PRIMER_CELERY_VISIBILITY_TIMEOUT", "3600")),
-            max_deliveries=int(os.environ.get("PRIMER_CELERY_MAX_DELIVERIES", "5")),
-        )
+        return load_config(cls)
 
     def transport_options(self) -> dict[str, Any]:
         interval = self.restore_interval or min(10.0, max(1.0, self.visibility_timeout / 5))
