@@ -1,5 +1,6 @@
-"""The CRDs are valid apiextensions/v1 objects, agree with the operator's spec models, and
-accept the shipped examples (and refuse a bad spec with the field's path)."""
+"""The CRDs are valid apiextensions/v1 objects (their fields are the spec models', see
+tests/charts/test_crds_generated.py), accept the shipped examples and refuse a bad spec
+with the field's path."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def crd_for(kind: str) -> dict:
     return crd
 
 
-def validator(kind: str) -> jsonschema.Draft7Validator:
+def validator(kind: str) -> jsonschema.Draft4Validator:
     schema = copy.deepcopy(crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft7Validator(_strict(schema))
+    return jsonschema.Draft4Validator(_strict(schema))
 
 
 @pytest.mark.parametrize("name", CRDS)
@@ -40,18 +41,6 @@ def test_crd_is_a_valid_apiextensions_v1_object(name):
     assert v["additionalPrinterColumns"][-1]["jsonPath"] == ".metadata.creationTimestamp"
     status = v["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["x-kubernetes-preserve-unknown-fields"] is True
-
-
-@pytest.mark.parametrize("kind", MODELS)
-def test_crd_and_operator_model_name_the_same_fields(kind):
-    spec = crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    fields = MODELS[kind].model_fields
-    assert set(spec["properties"]) == {f.alias or n for n, f in fields.items()}
-    assert set(spec["required"]) == {f.alias or n for n, f in fields.items() if f.is_required()}
-    for name, f in fields.items():  # same defaults where the CRD has one
-        default = spec["properties"][f.alias or name].get("default")
-        if default is not None and not f.is_required():
-            assert f.get_default(call_default_factory=True) == default, (kind, name)
 
 
 @pytest.mark.parametrize("path", sorted((CHART / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -3,8 +3,8 @@ checkpoint gets an EvaluationRun (pure functions; a local folder stands in for S
 
 from __future__ import annotations
 
-from primer.runs import TrainingRun
 from operators.training import evaluation_run_for, latest_checkpoint, steps_to_evaluate
+from primer.runs import TrainingRun
 from tests.operators.test_crds import validator
 
 
