@@ -38,7 +38,8 @@ open("/proc/self/clear_refs", "w").write("5")
 fn, kwargs = sys.argv[1], json.loads(sys.argv[2])
 getattr(pipeline, fn)(**kwargs)
 peak = kib("VmHWM:")
-print(json.dumps({"peak_mib": round(peak / 1024, 1), "above_start_mib": round((peak - base) / 1024, 1)}))
+print(json.dumps({"peak_mib": round(peak / 1024, 1),
+                  "above_start_mib": round((peak - base) / 1024, 1)}))
 """
 
 

@@ -158,17 +158,20 @@ def cluster_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
     reason = np.where(exact_all[gone] == exact_all[labels[gone]], "exact_dup", "near_dup")
     starts = np.cumsum([0] + sizes)
     shard = np.searchsorted(starts, gone, side="right") - 1
-    _write_table(store, "dedup/removed.parquet", pa.table({
-        "shard": pa.array(shard, pa.int32()), "row": pa.array(gone - starts[shard], pa.int64()),
-        "reason": pa.array(reason.tolist(), pa.string())}))
+    bounds = np.searchsorted(shard, np.arange(n_shards + 1))  # `gone` is sorted
+    for i in range(n_shards):  # one file per shard: a shard's units read only their own
+        mine = slice(bounds[i], bounds[i + 1])
+        _write_table(store, f"dedup/removed-{i:05d}.parquet", pa.table({
+            "row": pa.array(gone[mine] - starts[i], pa.int64()),
+            "reason": pa.array(reason[mine].tolist(), pa.string())}))
     return dict(Counter(reason.tolist()))
 
 
 def _removed(store: Storage, index: int) -> dict[int, str]:
-    table = _read_table(store, "dedup/removed.parquet")
-    mask = pc.equal(table.column("shard"), index)
-    sub = table.filter(mask)
-    return dict(zip(sub.column("row").to_pylist(), sub.column("reason").to_pylist(), strict=True))
+    """Row → reason of shard ``index``'s records that dedup removed."""
+    table = _read_table(store, f"dedup/removed-{index:05d}.parquet")
+    return dict(zip(table.column("row").to_pylist(), table.column("reason").to_pylist(),
+                    strict=True))
 
 
 def choose_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
