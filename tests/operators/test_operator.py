@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
 from operators.units import GENERATION_UNIT_FN
@@ -87,6 +88,7 @@ def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
     wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
 
 
+@pytest.mark.slow
 def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
     cluster.create(GV, "evaluationruns", run("EvaluationRun", "ev1", {
         "checkpoint": "s3://bkt/runs/r/checkpoints/step-10", "output": "s3://bkt/eval/ev1",
