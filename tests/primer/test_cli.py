@@ -42,6 +42,7 @@ def test_help_lists_core_commands():
         assert word in proc.stdout
 
 
+@pytest.mark.slow
 def test_version_prints_primer_python_torch():
     proc = primer("version")
     assert proc.returncode == 0, proc.stderr
@@ -51,6 +52,7 @@ def test_version_prints_primer_python_torch():
     assert lines[2].startswith("torch 2.")
 
 
+@pytest.mark.slow
 def test_config_show_applies_file_env_and_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("storage:\n  root: /from/file\nlog_level: warning\n")
@@ -63,6 +65,7 @@ def test_config_show_applies_file_env_and_overrides(tmp_path):
     assert "# config_hash: " in proc.stdout
 
 
+@pytest.mark.slow
 def test_json_logs_are_one_object_per_line_on_stderr():
     proc = primer("--log-format", "json", "-v", "config", "show", "log_level=error")
     assert proc.returncode == 0, proc.stderr
@@ -94,6 +97,7 @@ def test_storage_error_is_exit_2_without_traceback(tmp_path):
     assert storage["status"] == "FAIL" and "unknown storage scheme" in storage["detail"]
 
 
+@pytest.mark.slow
 def test_global_option_after_command_gets_a_hint():
     proc = primer("doctor", "-v")
     assert proc.returncode == 2

@@ -53,6 +53,7 @@ def tiny_model(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_transformers_backend_greedy_sampled_and_stops(tiny_model):
     he = load_benchmark("humaneval")
     prompts = [p.prompt for p in list(he.problems.values())[:3]]
