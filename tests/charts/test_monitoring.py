@@ -381,6 +381,7 @@ def finish_generation_run(base: str, store: RunStore, requests: int, failures: i
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_dashboard_queries_return_data_from_a_real_prometheus(redis_url, tmp_path):
     """Prometheus scrapes the gateway on loopback every 2 s; while runs finish, every panel
     query returns a finite value and the derived ones (tokens/s, latency) are positive."""

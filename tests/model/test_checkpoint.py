@@ -107,6 +107,7 @@ def _fit(packed, out, steps: int, *extra: str) -> None:
         trainer.close()
 
 
+@pytest.mark.slow
 def test_stop_at_keeps_the_schedule_and_milestones_outlive_keep_last(packed, tmp_path):
     """Stopping at step 5 of an 8-step schedule, then resuming to the end, gives the
     uninterrupted run's lr and losses; milestones survive keep-last pruning."""

@@ -33,6 +33,7 @@ def _weights(run: Path | str, step: int) -> dict:
     return load_model_state(CheckpointManager(str(run)).step_dir(step))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_auto_is_exact_and_skips_torn_checkpoint(packed, tmp_path):
     steps, every = 10, 3
     _train(packed, tmp_path / "ref", steps, f"--checkpoint.every={every}")
@@ -57,6 +58,7 @@ def test_kill_9_then_resume_auto_is_exact_and_skips_torn_checkpoint(packed, tmp_
     assert CheckpointManager(str(run), keep_last=2).committed_steps() == [9, 10]  # keep-last
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops(packed, tmp_path):
     run = tmp_path / "term"
     proc = subprocess.Popen([PYTHON, "-m", "model.train",
@@ -85,6 +87,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_torchrun_two_ranks_loss_falls_with_checkpoints_on_s3(packed, s3_bucket, tmp_path):
     out = f"s3://{s3_bucket}/runs/ddp"
     proc = subprocess.run(
@@ -113,6 +116,7 @@ def _cli(*args: str):
     return CliRunner().invoke(build_app(), list(args), catch_exceptions=True)
 
 
+@pytest.mark.slow
 def test_cli_packs_text_trains_finetunes_and_exports(text_dataset, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,7 +153,7 @@ def test_cli_packs_text_trains_finetunes_and_exports(text_dataset, tmp_path):
     assert torch.equal(model.lm_head.weight, state["lm_head.weight"])
     ids = tok("def add_3(x):\n", return_tensors="pt").input_ids
     gen = model.generate(ids, max_new_tokens=8, do_sample=False)
-    assert gen.shape[1] > ids.shape[1] and isinstance(tok.decode(gen[0]), str)
+    assert gen.shape[1] > ids.shape[1] and tok.decode(gen[0]).startswith("def add_3(x):\n")
 
 
 def test_bad_configs_fail_before_any_work(packed, tmp_path):
@@ -169,6 +173,7 @@ def test_bad_configs_fail_before_any_work(packed, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_fsdp2_two_ranks_train_checkpoint_and_resume(packed, tmp_path):
     """FSDP2 (fully_shard per block, then the root) with gloo on CPU: the loss falls, the
     checkpoint holds full weights, and a resumed run continues where it stopped."""
@@ -186,7 +191,7 @@ def test_fsdp2_two_ranks_train_checkpoint_and_resume(packed, tmp_path):
     manager = CheckpointManager(str(out))
     assert manager.committed_steps() == [6, 12]
     full = _weights(out, 12)
-    assert all(isinstance(v, torch.Tensor) for v in full.values())
+    assert all(type(v) is torch.Tensor for v in full.values())  # a DTensor is an instance too
     # whole tensors, not one rank's shard: as many rows as a one-process run's checkpoint
     single = tmp_path / "single"
     _train(packed, single, 1, "--checkpoint.every=1")

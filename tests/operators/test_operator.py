@@ -3,6 +3,8 @@ units (real Redis); status follows the children; deletion removes children and f
 
 from __future__ import annotations
 
+import pytest
+
 from tests.charts.k8s_schemas import validate
 from tests.operators.conftest import NS, wait_for
 
@@ -51,6 +53,7 @@ def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
     wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
 
 
+@pytest.mark.slow
 def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
     cluster.create(GV, "evaluationruns", run("EvaluationRun", "ev1", {
         "checkpoint": "s3://bkt/runs/r/checkpoints/step-10", "output": "s3://bkt/eval/ev1",

@@ -88,6 +88,7 @@ def test_a_damaged_packaged_copy_is_refused_by_its_sha256(tmp_path, monkeypatch)
         load_benchmark("mbpp")
 
 
+@pytest.mark.slow
 def test_the_hub_is_read_only_when_asked_for_by_name(monkeypatch):
     monkeypatch.delenv("PRIMER_MBPP_PATH", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

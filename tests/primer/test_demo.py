@@ -18,6 +18,9 @@ from primer import report
 from primer.datasets import open_dataset, read_manifest
 from tests.browser import open_page
 
+# the demo's stages are real training runs: minutes on 2 cores
+pytestmark = pytest.mark.slow
+
 PRIMER = str(Path(sys.executable).parent / "primer")
 
 

@@ -240,6 +240,7 @@ def test_celery_failing_unit_reports_the_remote_traceback(celery_queue, redis_ur
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_celery_unit_survives_kill_9_of_its_worker(storage_uri, redis_url, tmp_path):
     """kill -9 of the worker running a unit: after the visibility timeout the surviving
     worker gets it again, and the half-written output of the first attempt never shows."""
@@ -273,6 +274,7 @@ def test_celery_unit_survives_kill_9_of_its_worker(storage_uri, redis_url, tmp_p
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_celery_unit_that_always_kills_its_worker_is_failed_after_max_deliveries(
         redis_url, tmp_path):
     """A poison unit is requeued each time its process dies, then failed with a clear error,

@@ -10,6 +10,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from primer import demo, report
@@ -113,6 +114,7 @@ def png(colour, size=(300, 160)) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.slow
 def test_the_browser_check_counts_only_images_it_decoded_and_painted(tmp_path: Path):
     page = tmp_path / "page.html"
     page.write_text(f"<!doctype html><html><body><h1>t</h1>"

@@ -18,6 +18,9 @@ from primer.teacher import ChatRequest, Teacher, TeacherConfig
 from tests.checkpoints import tiny_checkpoint
 from tests.servers import free_port
 
+# the module's server loads a checkpoint in a process of its own
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -100,6 +103,10 @@ def test_it_is_a_teacher_and_an_eval_backend(served):
 
     backend = make_backend("tiny", GenerationConfig(api_base=served, max_new_tokens=4,
                                                     concurrency=2))
-    outs = backend.complete(["def f():", "def g():"], ["\ndef"], 2)
-    assert len(outs) == 2 and all(len(o) == 2 and all(isinstance(t, str) for t in o)
-                                  for o in outs)
+    prompts = ["def f():", "def g():"]
+    outs = backend.complete(prompts, ["\ndef"], 2)
+    # greedy (temperature 0): both samples are the server's own answer, cut at the stop
+    client = openai.OpenAI(base_url=served, api_key="unused", max_retries=0)
+    want = [client.completions.create(model="tiny", prompt=p, max_tokens=4, temperature=0,
+                                      stop=["\ndef"]).choices[0].text for p in prompts]
+    assert outs == [[w, w] for w in want], (outs, want)

@@ -100,6 +100,7 @@ def test_slowdown_on_post_is_retried_by_retry_loop(proxy, bucket, backoffs):
 
 
 @pytest.mark.parametrize("op", ["stat", "write_bytes", "read_bytes", "list"])
+@pytest.mark.slow
 def test_persistent_failure_names_the_uri(proxy, bucket, s3_server, backoffs, op):
     store = open_storage(f"s3://{bucket}/p")
     store.write_bytes("obj", b"payload")
@@ -164,6 +165,7 @@ def test_dropped_download_resumes_with_a_ranged_get(proxy, bucket, s3_server, ch
     assert lowest <= start <= cut, (start, cut)
 
 
+@pytest.mark.slow
 def test_failed_multipart_write_publishes_nothing(proxy, bucket, s3_server, backoffs):
     store = open_storage(f"s3://{bucket}/p")
     store.part_size = 5 << 20

@@ -92,6 +92,7 @@ def _peak_extra(write) -> int:
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray])
+@pytest.mark.slow
 def test_large_single_write_is_not_copied_again_per_part(store, kind):
     """A 64 MiB write in one call: bytes are sent as slices (no copy), a mutable buffer is
     copied one part at a time; the old writer held the data twice and re-copied the rest per

@@ -63,6 +63,7 @@ def test_cache_makes_reruns_free_and_keys_on_every_parameter(storage_uri):
         assert server.requests == 5
 
 
+@pytest.mark.slow
 def test_thirty_percent_faults_every_request_still_answered_once():
     """429s with Retry-After, 500s, timeouts, cut bodies and malformed JSON: all retried."""
     with OpenAIServer(fail_rate=0.3, seed=3, slow_s=3.0) as server:
@@ -123,6 +124,7 @@ def test_concurrency_is_bounded():
     assert 0.1 <= teacher.usage.latency_s / teacher.usage.requests < 1.0
 
 
+@pytest.mark.slow
 def test_concurrency_beyond_one_connection_pool_is_bounded_and_answered():
     """Above POOL_SHARD_SIZE the requests spread over several HTTP clients: more than one
     pool's worth in flight at once, never more than max_concurrency."""
@@ -150,6 +152,7 @@ class _RendezvousCache(ResponseCache):
         return super().get(key)
 
 
+@pytest.mark.slow
 def test_cache_reads_and_writes_do_not_queue_on_the_default_thread_pool(tmp_path):
     """The loop's default pool has cpus + 4 threads, shared with everything else: with
     hundreds of requests in flight, cache I/O there would wait in line. The teacher's own
@@ -169,6 +172,7 @@ def test_cache_reads_and_writes_do_not_queue_on_the_default_thread_pool(tmp_path
     assert server.requests == parties and again.usage.cached == parties
 
 
+@pytest.mark.slow
 def test_request_rate_limit_holds():
     with OpenAIServer() as server:
         teacher = make(server, requests_per_minute=120)  # 2 per second

@@ -45,6 +45,7 @@ def _assert_counts_add_up(out: Path, n_files: int) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_a_repository_whose_annotations_are_all_one_class_curates_with_keep_top_1(tmp_path):
     """The issue's reproduction: 175 real files (stdlib modules, copies, junk) that the old
     heuristic called all educational; `--keep-top 1.0` exited 1 with `cannot train the
@@ -82,7 +83,7 @@ def _annotator_args(annotator: str, server: OpenAIServer) -> list[str]:
 
 
 @pytest.mark.parametrize("annotator", ["heuristic", "teacher"])
-@pytest.mark.parametrize("n", [1, 5, 50, pytest.param(500, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n", [1, *(pytest.param(n, marks=pytest.mark.slow) for n in (5, 50, 500))])
 def test_any_number_of_real_files_curates_with_each_annotator(n, annotator, teacher, tmp_path):
     repo = corpus.user_repo(tmp_path, n, start="json/")
     out = tmp_path / "curated"
@@ -101,6 +102,7 @@ def test_any_number_of_real_files_curates_with_each_annotator(n, annotator, teac
     assert all(0 <= s <= 1 for s in scores) and min(scores, default=1) >= 0.5
 
 
+@pytest.mark.slow
 def test_a_judge_that_scores_every_file_the_same_falls_back_and_scores_the_rest(tmp_path):
     """One class in the sample: no classifier; the files outside the sample are scored by
     the judge itself, and with --keep-top 1.0 every survivor is kept."""
@@ -176,6 +178,7 @@ def test_untrainable_says_what_is_missing():
     assert "cannot hold out 0.9" in untrainable([1, 0] * 5, 0.9)
 
 
+@pytest.mark.slow
 def test_the_heuristic_calls_about_a_quarter_of_real_code_educational():
     """The documented calibration (annotate.py): ~25% of the standard library's modules
     outside tests reach the default positive_score; measured on every third one."""

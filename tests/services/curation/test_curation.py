@@ -150,6 +150,7 @@ def test_compat_datatrove_signatures_equal_datatrove_minhash(src, tmp_path, comp
 
 # -- the whole job --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_to_end_counts_every_reason_and_writes_dataset_report_and_model(reference, src):
     out, stdout = reference
     manifest = open_dataset(str(out)).manifest
@@ -184,6 +185,7 @@ def test_end_to_end_counts_every_reason_and_writes_dataset_report_and_model(refe
     assert "kept" in stdout and "edu_score_below" in stdout
 
 
+@pytest.mark.slow
 def test_classifier_beats_chance_on_held_out_annotations(reference):
     m = json.loads((reference[0] / "_report" / "report.json").read_text())["classifier"]
     assert m["n_test"] >= 20
@@ -191,6 +193,7 @@ def test_classifier_beats_chance_on_held_out_annotations(reference):
     assert m["accuracy"] > m["chance_accuracy"] - 0.1, m
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_gives_the_same_output(reference, src, tmp_path):
     out = tmp_path / "curated"
     cfg = _config(src, out, classify={"min_score": 0.5})
@@ -222,6 +225,7 @@ def test_killed_run_resumes_and_gives_the_same_output(reference, src, tmp_path):
     assert first.stat().st_mtime < (out / "_manifest.json").stat().st_mtime
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_does_nothing_and_another_config_is_refused(reference, src):
     out = reference[0]
     markers = sorted((out / "_work" / "state").rglob("*.json"))
@@ -238,6 +242,7 @@ def test_rerun_of_a_finished_run_does_nothing_and_another_config_is_refused(refe
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_the_same_job_runs_on_celery_workers(reference, src, redis_url, tmp_path):
     out = tmp_path / "curated"
     cfg = _config(src, out, classify={"min_score": 0.5}, executor="celery")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import EntryPoint
 
+import pytest
 from typer.testing import CliRunner
 
 from primer.benchmarks import load_benchmark
@@ -128,6 +129,7 @@ def test_index_flags_planted_solutions_and_not_unrelated_code():
     assert found[3:] == [[], [], []]
 
 
+@pytest.mark.slow
 def test_embedding_test_with_minilm():
     he = load_benchmark("humaneval")
     problems = [he.get(f"HumanEval/{i}") for i in range(8)]
@@ -158,6 +160,7 @@ def test_cli_filter_mode_writes_the_pruned_dataset_with_reason_counts(tmp_path):
     assert "3 of 6 rows match" in result.output
 
 
+@pytest.mark.slow
 def test_units_split_rows_and_give_the_findings_of_one_pass(tmp_path):
     # Two shards, three rows a unit: five units; kept rows, counts and report equal the
     # single-unit run, with rows numbered across the whole dataset.

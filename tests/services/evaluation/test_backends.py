@@ -53,6 +53,7 @@ def tiny_model(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_transformers_backend_greedy_sampled_and_stops(tiny_model):
     he = load_benchmark("humaneval")
     prompts = [p.prompt for p in list(he.problems.values())[:3]]
@@ -68,6 +69,7 @@ def test_transformers_backend_greedy_sampled_and_stops(tiny_model):
     assert all(not any(c in s for c in "aeiou ") for x in cut for s in x)
 
 
+@pytest.mark.slow
 def test_eval_run_generates_then_scores(tiny_model, tmp_path):
     result = CliRunner().invoke(APP, [
         "eval", "run", "--model", tiny_model, "--benchmark", "humaneval", "--output",
@@ -105,6 +107,7 @@ def test_openai_backend_gives_up_after_its_retries():
     assert len(server.requests) == 2
 
 
+@pytest.mark.slow
 def test_eval_run_with_a_limit_and_reference_nll(tiny_model, tmp_path):
     """--limit keeps the first N problems (the demo's quick subset); `eval nll` writes the
     per-token NLL of the reference solutions; a missing model folder is a clear error."""

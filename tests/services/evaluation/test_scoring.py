@@ -28,6 +28,7 @@ def score(tmp_path, benchmark, rows, *extra):
     return result, out
 
 
+@pytest.mark.slow
 def test_canonical_humaneval_solutions_score_164_of_164(tmp_path):
     rows = [{"task_id": t, "completion": p["canonical_solution"]}
             for t, p in read_problems().items()]
@@ -41,6 +42,7 @@ def test_canonical_humaneval_solutions_score_164_of_164(tmp_path):
     assert all(r["duration_s"] > 0 and "uid" in r["isolation"] for r in results)
 
 
+@pytest.mark.slow
 def test_empty_completions_score_0_of_164(tmp_path):
     rows = [{"task_id": t, "completion": ""} for t in read_problems()]
     result, out = score(tmp_path, "humaneval", rows)
@@ -48,6 +50,7 @@ def test_empty_completions_score_0_of_164(tmp_path):
     assert summary["pass@1"] == 0.0 and summary["n_passed"] == 0, result.output
 
 
+@pytest.mark.slow
 def test_mbpp_reference_solutions_score_499_of_500(tmp_path):
     rows = [{"task_id": p.task_id, "completion": p.reference}
             for p in load_benchmark("mbpp").problems.values()]
@@ -58,6 +61,7 @@ def test_mbpp_reference_solutions_score_499_of_500(tmp_path):
     assert failed == ["MBPP/341"]  # set iteration order in the expected value (README)
 
 
+@pytest.mark.slow
 def test_n_samples_give_pass_at_k_and_a_crashing_sample_does_not_stop_the_run(tmp_path):
     he = read_problems()
     good = he["HumanEval/0"]["canonical_solution"]

@@ -17,7 +17,7 @@ from tests.primer.test_executor import celery_workers
 from tests.services.gateway.conftest import gateway_config, serve
 from tests.services.gateway.test_api import http, metric
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RUNS = EntryPoint(name="runs", value="services.gateway.cli:app", group="primer.commands")
 
 

@@ -236,6 +236,7 @@ def _complete(data: bytes) -> bool:
     return bool(length) and len(body) >= length[0]
 
 
+@pytest.mark.slow
 def test_an_anonymous_35_mb_body_is_refused_before_it_is_read(redis_url, tmp_path):
     """The request announces 35 MB and sends 1 KB: the 401 must come without waiting for the
     rest (the old gateway read and parsed all of it before checking the token)."""
@@ -263,6 +264,7 @@ def test_an_anonymous_35_mb_body_is_refused_before_it_is_read(redis_url, tmp_pat
             == 201
 
 
+@pytest.mark.slow
 def test_each_token_is_rate_limited_with_retry_after(redis_url, tmp_path):
     token = uuid.uuid4().hex  # its own counter
     app = create_app(gateway_config(redis_url, tmp_path, token=token, rate_limit=3))

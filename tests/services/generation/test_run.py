@@ -45,6 +45,7 @@ def teacher_outcome(kind: str, record_id: str) -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_textbooks_with_30pct_faults_yield_exactly_n_and_match_a_clean_run(
         faulty_teacher, clean_teacher, tmp_path):
     n = 40
@@ -79,6 +80,7 @@ def test_textbooks_with_30pct_faults_yield_exactly_n_and_match_a_clean_run(
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_exercises_cli_drops_invalid_answers_and_every_record_passes_its_asserts(
         faulty_teacher, tmp_path):
     out = str(tmp_path / "ex")
@@ -106,6 +108,7 @@ def test_exercises_cli_drops_invalid_answers_and_every_record_passes_its_asserts
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_kill_9_of_a_worker_mid_batch_changes_nothing(redis_url, clean_teacher, tmp_path):
     from tests.openai_server import OpenAIServer
     from tests.services.generation.teacher_responder import responder
