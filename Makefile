@@ -65,7 +65,7 @@ rehearsal: images tools  ## run the built images as the chart's pods and a PyTor
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m rehearsal tests/rehearsal
 
 lint:  ## ruff + the import-layering contracts
-	$(BIN)/ruff check primer services model operators tests bench
+	$(BIN)/ruff check primer services model operators recipe tests bench
 	$(BIN)/lint-imports
 
 bench: setup  ## storage throughput vs the raw minio client (see bench/README.md)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from primer import demo as demo_module
-from primer import report
 from primer.datasets import open_dataset, read_manifest
+from recipe import demo as demo_module
+from recipe import report
 from tests.browser import open_page
 
 PRIMER = str(Path(sys.executable).parent / "primer")

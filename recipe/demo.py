@@ -17,8 +17,8 @@ whose output is committed, and the components resume unfinished work themselves)
     ablation     (--ablation) same token budget on unfiltered / filtered / filtered+synthetic
     report       report.html (self-contained) + report.md under runs/<run>/report/
 
-``primer`` itself never imports the components (import-linter contract); it reads what they
-write only through core formats: dataset manifests, summary.json, metrics.jsonl, JSON files.
+The demo drives the components through their commands, and reads what they wrote only
+through core formats (dataset manifests, stage summaries, JSON files).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def read_stage(raw_uri: str, state_uri: str, quick: bool, files_limit: int,
     groups: list[list[str]] = [[] for _ in range(n_units)]
     for f in files:  # stable assignment: the same file lands in the same unit on a rerun
         groups[zlib.crc32(f.encode()) % n_units].append(f)
-    units = [WorkUnit(f"read-{i:05d}", "primer.demo:read_sources",
+    units = [WorkUnit(f"read-{i:05d}", "recipe.demo:read_sources",
                       {"files": g, "shard_uri": raw_uri, "shard_name": f"part-{i:05d}.parquet"})
              for i, g in enumerate(groups)]
     result = LocalExecutor(workers=workers).run(Job("read-sources", units, state_uri=state_uri),
@@ -495,7 +495,7 @@ class Demo:
             self.ablation()
 
         total = time.monotonic() - t_start
-        from primer import report
+        from recipe import report
 
         facts = {**self.facts, "quick": self.quick, "plan": asdict(self.plan),
                  "workers": self.workers, "models": models, "paper": PAPER,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from primer import demo, report
 from primer.datasets import Producer, commit_dataset
+from recipe import demo, report
 from tests.browser import open_page
 
 FIGURES = ("funnel.png", "edu_score_hist.png", "validity.png", "loss.png")
