@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from primer.benchmarks import Benchmark, load_benchmark
 from primer.cli import build_app
+from primer.teacher import ResponseCache, TeacherError, TextRequest
 from services.evaluation.backends import (
     OpenAIBackend,
     TransformersBackend,
@@ -95,14 +96,32 @@ def test_openai_backend_retries_429_and_500_and_returns_n_samples():
 
 
 def test_openai_backend_gives_up_after_its_retries():
-    from openai import InternalServerError
-
     with OpenAIServer() as server:
         server.fail = [500] * 5
         backend = OpenAIBackend("tiny", GenerationConfig(api_base=server.url, retries=1))
-        with pytest.raises(InternalServerError):
+        with pytest.raises(TeacherError, match="gave up after 2 attempts; last error: HTTP 500"):
             backend.complete(["x"], ["\n"], 1)
     assert len(server.requests) == 2
+
+
+def test_openai_backend_is_the_teacher_client_with_its_cache(tmp_path):
+    """The API backend is primer.teacher's client, not an HTTP client of its own: with a cache
+    a rerun asks the endpoint nothing, and the cache holds the teacher's entries."""
+    he = load_benchmark("humaneval")
+    bench = Benchmark("humaneval", dict(list(he.problems.items())[:4]))
+    with OpenAIServer() as server:
+        config = GenerationConfig(api_base=server.url, temperature=0.8, n_samples=2,
+                                  cache_uri=str(tmp_path / "cache"))
+        first = generate_samples(OpenAIBackend("tiny", config), bench, n=2)
+        assert len(server.requests) == 4
+        again = generate_samples(OpenAIBackend("tiny", config), bench, n=2)
+        assert len(server.requests) == 4  # all four answered from the cache
+    assert again == first and {s["completion"] for s in first} == {"    return 1"}
+    request = TextRequest(bench.problems["HumanEval/0"].prompt, 0.8, 384, 1234, 0.95,
+                          tuple(bench.problems["HumanEval/0"].stop)[:4], 2)
+    entry = ResponseCache(str(tmp_path / "cache")).get(request.key("tiny"))
+    assert entry is not None and entry["choices"] == ["    return 1\n# index 0",
+                                                       "    return 1\n# index 1"]
 
 
 def test_eval_run_with_a_limit_and_reference_nll(tiny_model, tmp_path):
