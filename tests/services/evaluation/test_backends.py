@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from primer.benchmarks import Benchmark, load_benchmark
 from primer.cli import build_app
+from primer.summary import read_summary
 from primer.teacher import ResponseCache, TeacherError, TextRequest
 from services.evaluation.backends import (
     OpenAIBackend,
@@ -142,6 +143,12 @@ def test_eval_run_with_a_limit_and_reference_nll(tiny_model, tmp_path):
     nll = json.loads((out / "humaneval/nll.json").read_text())
     assert nll["n_problems"] == 4 and len(nll["per_task"]) == 4
     assert nll["tokens"] > 0 and 0 < nll["nll_per_token"] < 20
+    typed = read_summary(str(out / "humaneval"))  # what the demo report reads
+    assert (typed.stage, typed.rows, typed.facts["nll_per_token"]) == (
+        "nll/humaneval", 4, nll["nll_per_token"]) and "per_task" not in typed.facts
+    run_summary = read_summary(str(out / "mbpp"))
+    assert (run_summary.stage, run_summary.rows) == ("eval/mbpp", 3)
+    assert run_summary.facts["pass@1"] == summary["pass@1"]
     missing = CliRunner().invoke(APP, ["eval", "nll", "--model", str(tmp_path / "nope"),
                                        "--benchmark", "humaneval", "--output", str(out)])
     assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output
