@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from primer.executor import WorkUnit
 from primer.executor.celery_app import TASK_NAME, CeleryConfig, make_app
+from primer.progress import units_done
 from services.gateway import policy
 from services.gateway.auth import bearer_scheme
 from services.gateway.commands import command
@@ -37,7 +38,6 @@ from services.gateway.driver import DRIVER_FN
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
 from services.gateway.models import TERMINAL, ErrorBody, Phase, Run, RunList, RunSpec
-from services.gateway.progress import units_done
 from services.gateway.store import RunStore, now
 
 RUN_ID = r"^run-[0-9a-f]{12}$"

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-from services.gateway import progress
+from primer import progress
 from services.gateway.store import RunStore, now
 
 DRIVER_FN = "services.gateway.driver:run_command"

@@ -30,6 +30,7 @@ from rich.progress import Progress as Bar
 from primer.cli import OVERRIDES, command_config
 from primer.datasets import DatasetError
 from primer.executor import Executor, LocalExecutor
+from primer.executor.plan import RunFailed
 from primer.teacher import Teacher
 from services.generation.config import GenerateConfig
 from services.generation.prompts import messages
@@ -96,7 +97,7 @@ def _executor(kind: ExecutorKind, config: GenerateConfig) -> Executor:
     if kind is ExecutorKind.celery:
         from primer.executor import CeleryExecutor
 
-        return CeleryExecutor()
+        return CeleryExecutor(config.redis.url)
     return LocalExecutor(workers=config.workers or None)
 
 
@@ -123,7 +124,7 @@ def _run(ctx: typer.Context, kind: str, count: int, url: str | None, model: str 
         with bar:
             manifest = generate(kind, count, output, config, _executor(executor, config),
                                 on_progress)
-    except (GenerationError, DatasetError) as exc:
+    except (GenerationError, DatasetError, RunFailed) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     drops = ", ".join(f"{k} {v}" for k, v in sorted(manifest.drop_counts.items())) or "none"

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from primer.config import ConfigModel
+from primer.config import ConfigModel, RedisConfig
 from primer.sandbox import SandboxConfig
 from primer.teacher import TeacherConfig
 
@@ -49,5 +49,7 @@ class GenerateConfig(ConfigModel):
     sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(timeout_s=5.0),
                                    description="Limits for running exercise asserts.")
     workers: int = Field(0, ge=0, description="Local executor processes (0: one per core).")
+    redis: RedisConfig = Field(default_factory=RedisConfig,
+                               description="Work queue of --executor celery.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", description="Minimum level of log records that are emitted.")

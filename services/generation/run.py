@@ -16,7 +16,6 @@ Layout under ``output``: ``part-*.parquet`` shards and ``_manifest.json`` (the d
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -28,21 +27,23 @@ import pyarrow.parquet as pq
 from primer.config import config_hash
 from primer.datasets import (
     MANIFEST,
-    DatasetError,
     Manifest,
     Producer,
     ShardInfo,
     commit_dataset,
     write_shard,
 )
-from primer.executor import Executor, Job, WorkUnit, completed_ids, read_marker
+from primer.executor import Executor, WorkUnit, completed_ids, read_marker
+from primer.executor.plan import drive
 from primer.storage import open_storage
 from services.generation.batch import SCHEMAS, shard_name
 from services.generation.config import GenerateConfig
 from services.generation.neardup import NearDupIndex
-from services.generation.taxonomy import KINDS, load_taxonomy
+from services.generation.taxonomy import load_taxonomy
 
 UNIT_FN = "services.generation.batch:generate_batch"
+COMMIT_FN = "services.generation.run:commit_unit"
+COMMIT_ID = "commit"
 
 
 class GenerationError(RuntimeError):
@@ -127,89 +128,83 @@ def _publish(output: str, kind: str, selection: Selection) -> list[ShardInfo]:
     return shards
 
 
+def commit_unit(kind: str, count: int, output: str, stop: int, teacher: dict[str, Any],
+                settings: dict[str, Any], sandbox: dict[str, Any]) -> dict[str, Any]:
+    """The last unit of a run: select the first ``count`` valid records of specs
+    ``[0, stop)`` from the batches' markers, publish them and commit the manifest."""
+    config = GenerateConfig(teacher=teacher, generation=settings, sandbox=sandbox)
+    gen = config.generation
+    state = open_storage(work_uri(output))
+    results = [(read_marker(state, u.id) or {}).get("result")
+               for u in units_for(kind, output, config, 0, stop)]
+    if any(r is None for r in results):
+        raise GenerationError(f"{output}: commit before every batch of specs [0, {stop}) "
+                              "completed; the planner sends the commit last")
+    selection = select(results, count)
+    if selection.kept < count and not gen.allow_fewer:
+        raise GenerationError(f"only {selection.kept} of {count} valid records in {stop} specs")
+    usage: Counter = Counter()
+    for r in results:
+        usage.update({k: r["usage"].get(k) or 0 for k in USAGE_KEYS})
+    metadata = {**request_of(kind, count, config), "valid": selection.kept,
+                "specs": selection.specs, "surplus_valid": selection.surplus,
+                "teacher": config.teacher.model, "usage": dict(usage),
+                "selection": "first `count` valid records of the seeded spec stream"}
+    manifest = commit_dataset(output, _publish(output, kind, selection),
+                              Producer(f"generate-{kind}", producer_hash(config)),
+                              selection.drops, selection.tokens, metadata)
+    return {"rows": manifest.rows, "tokens": manifest.tokens,
+            "drop_counts": manifest.drop_counts, "manifest": open_storage(output).url(MANIFEST)}
+
+
+def producer_hash(config: GenerateConfig) -> str:
+    """The config's digest without where the run keeps its teacher cache (its own output)."""
+    return config_hash(config.model_copy(update={
+        "teacher": config.teacher.model_copy(update={"cache_uri": None})}))
+
+
+#: What the manifest sums of the teacher's usage: what the records cost, not how the run
+#: went (latency, retries and cache hits differ between two runs of the same records).
+USAGE_KEYS = ("prompt_tokens", "completion_tokens")
+
+
+def request_of(kind: str, count: int, config: GenerateConfig) -> dict[str, Any]:
+    """What identifies a run's dataset (kept in its manifest's metadata)."""
+    return {"kind": kind, "count": count, "seed": config.generation.seed,
+            "taxonomy": load_taxonomy().digest}
+
+
 def generate(kind: str, count: int, output: str, config: GenerateConfig, executor: Executor,
              on_progress: Callable[[Progress], None] | None = None,
              poll_s: float = 0.5) -> Manifest:
     """Generate ``count`` valid ``kind`` records into the dataset at ``output``."""
-    if kind not in KINDS:
-        raise GenerationError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-    if count < 1:
-        raise GenerationError("--count must be at least 1")
+    from services.generation.plan import GenerationPlanner, GenerationTarget
+
+    target = GenerationTarget(kind=kind, count=count, output=output, config=config)
+    with _Watcher(work_uri(output), count, on_progress, poll_s):
+        drive(GenerationPlanner(), target, executor, progress=False)
     store = open_storage(output)
-    producer = Producer(f"generate-{kind}", config_hash(config))
-    request = {"kind": kind, "count": count, "seed": config.generation.seed,
-               "taxonomy": load_taxonomy().digest}
-    if store.exists(MANIFEST):
-        manifest = Manifest.from_json(store.read_text(MANIFEST), store.url(MANIFEST))
-        if {k: manifest.metadata.get(k) for k in request} == request:
-            return manifest  # this very run already finished
-        raise DatasetError(f"{store.uri} already holds a dataset made by another run "
-                           f"({manifest.metadata}); choose a new --output")
-
-    gen = config.generation
-    state = work_uri(output)
-    units: list[WorkUnit] = []
-    selection = Selection([], 0, Counter(), 0, 0, 0)
-    planned = 0
-    limit = math.ceil(count * gen.max_specs_factor)
-    want = math.ceil(count * gen.overgenerate)
-    while True:
-        stop = min(limit, math.ceil(want / gen.batch_size) * gen.batch_size)
-        if stop <= planned:
-            if gen.allow_fewer:
-                break  # publish what there is; the manifest records the shortfall
-            raise GenerationError(
-                f"only {selection.kept} of {count} valid records after {planned} specs "
-                f"(limit count × max_specs_factor = {limit}); drops: "
-                f"{dict(selection.drops.most_common())}. Check the teacher's answers, or "
-                "raise --generation.max_specs_factor")
-        units += units_for(kind, output, config, planned, stop)
-        planned = stop
-        job = Job(f"generate-{kind}", units, state)
-        with _Watcher(state, job, count, on_progress, poll_s):
-            result = executor.run(job, progress=False)
-        if not result.ok:
-            first = result.failed[0]
-            raise GenerationError(
-                f"{len(result.failed)} of {len(units)} units failed (first: {first.unit_id}: "
-                f"{first.error}); rerun the same command to retry only those\n"
-                f"{first.traceback}")
-        selection = select([result.results[u.id] for u in units], count)
-        if selection.kept >= count:
-            break
-        rate = max(selection.kept / selection.specs, 1.0 / gen.max_specs_factor)
-        want = planned + math.ceil((count - selection.kept) / rate * 1.1)
-
-    shards = _publish(output, kind, selection)
-    usage: Counter = Counter()
-    for r in (result.results[u.id] for u in units):
-        usage.update({k: v for k, v in r["usage"].items() if isinstance(v, int | float)})
-    metadata = {**request, "valid": selection.kept, "specs": selection.specs,
-                "surplus_valid": selection.surplus,
-                "teacher": config.teacher.model, "usage": dict(usage),
-                "selection": "first `count` valid records of the seeded spec stream"}
-    return commit_dataset(store, shards, producer, selection.drops, selection.tokens, metadata)
+    return Manifest.from_json(store.read_text(MANIFEST), store.url(MANIFEST))
 
 
 class _Watcher:
-    """Reports progress from completion markers while a job runs (any executor)."""
+    """Reports progress from completion markers while a run goes on (any executor)."""
 
-    def __init__(self, state: str, job: Job, target: int,
+    def __init__(self, state: str, target: int,
                  on_progress: Callable[[Progress], None] | None, poll_s: float):
-        self.state, self.job, self.target = open_storage(state), job, target
+        self.state, self.target = open_storage(state), target
         self.on_progress, self.poll_s = on_progress, poll_s
         self._stop = threading.Event()
         self._seen: dict[str, tuple[int, int]] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def poll(self) -> None:
-        ids = {u.id for u in self.job.units}
-        for unit_id in (completed_ids(self.state) & ids) - set(self._seen):
+        for unit_id in completed_ids(self.state) - set(self._seen) - {COMMIT_ID}:
             result = (read_marker(self.state, unit_id) or {}).get("result") or {}
             self._seen[unit_id] = (len(result.get("indices", [])), sum(result.get("tokens", [])))
         self.on_progress(Progress(sum(v for v, _ in self._seen.values()), self.target,
                                   sum(t for _, t in self._seen.values()), len(self._seen),
-                                  len(ids)))
+                                  len(self._seen)))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -225,16 +220,3 @@ class _Watcher:
             self._stop.set()
             self._thread.join()
             self.poll()
-
-
-def finish_unit(kind: str, count: int, output: str, teacher: dict[str, Any],
-                settings: dict[str, Any], sandbox: dict[str, Any]) -> dict[str, Any]:
-    """Work unit that completes a run whose first round ran elsewhere (the operator's
-    GenerationRun fans the first round out over the workers, then sends this): the batches
-    already done are skipped by their markers, later rounds run here, and the manifest is
-    committed. Runs in-process: a Celery worker's process may not start a process pool."""
-    from primer.executor import LocalExecutor
-
-    config = GenerateConfig(teacher=teacher, generation=settings, sandbox=sandbox, workers=1)
-    manifest = generate(kind, count, output, config, LocalExecutor(workers=1))
-    return {"rows": manifest.rows, "drops": manifest.drop_counts}

@@ -218,7 +218,8 @@ def test_killed_run_resumes_and_gives_the_same_output(reference, src, tmp_path):
     assert not (out / "_manifest.json").exists() and len(done_before) < 7
     stages = []
     report = pipeline.run(cfg, progress=False, on_stage=stages.append)
-    assert stages == ["read", "dedup", "annotate", "train", "score", "select"]
+    assert stages == ["read", "dedup", "cluster", "choose", "annotate", "label", "train",
+                      "score", "threshold", "select", "commit"]
     assert _rows(out) == pytest.approx(_rows(reference[0]), abs=1e-5)
     assert open_dataset(str(out)).manifest.drop_counts == \
         open_dataset(str(reference[0])).manifest.drop_counts
@@ -315,21 +316,3 @@ def test_teacher_annotator_parses_scores_retries_malformed_and_counts_them():
     assert annotator.stats["malformed"] == 1 and annotator.stats["retried"] == 2
     assert server.injected.total() > 0  # faults were injected and retried through
     assert parse_score("Educational value - score: 3") == 0.5 and parse_score("7") is None
-
-
-def test_the_operator_curation_unit_runs_the_whole_pipeline(reference, src, tmp_path):
-    """A CurationRun enqueues one unit by function path (operators/units.py); run that very
-    unit as a worker would and get the same output as `primer curate`."""
-    from operators.units import CURATION_UNIT_FN
-    from primer.executor import WorkUnit, run_unit
-
-    out = tmp_path / "curated"
-    config = _config(src, out, classify={"min_score": 0.5}).model_dump(
-        exclude={"input", "output"})
-    unit = WorkUnit("curate", CURATION_UNIT_FN, {"input": str(src), "output": str(out),
-                                                 "steps": None, "config": config})
-    outcome = run_unit(unit, str(tmp_path / "state"))
-    assert outcome.result["kept"] == open_dataset(str(out)).manifest.rows > 0
-    assert _rows(out) == _rows(reference[0])
-    with pytest.raises(pipeline.CurationError, match="subset"):
-        pipeline.run_unit(str(src), str(tmp_path / "x"), steps=["read"], config=config)

@@ -1,9 +1,11 @@
 """Sending units to the Celery queue and taking them back: the shared executor's task.
 
 Units go out as the ``primer.run_unit`` task of :mod:`primer.executor.celery_app` (what
-``CeleryExecutor`` sends), without waiting for results: the operator polls completion
-markers instead. Task ids are ``<run prefix><unit id>``, so a run's messages can be found in
-the queue and removed when the run is deleted, with no list of ids kept anywhere.
+``CeleryExecutor`` sends), without waiting for results: the asynchronous doors (the
+operator, the gateway) poll completion markers instead
+(:func:`primer.executor.plan.reconcile`). Task ids are ``<run prefix><unit id>``, so a run's
+messages can be found in the queue and removed when the run is deleted, with no list of
+ids kept anywhere.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ class QueueUnavailable(RuntimeError):
     """Redis could not be reached; the message says which and why."""
 
 
-def task_prefix(namespace: str, name: str, uid: str) -> str:
-    """Unique per object (the uid changes when a run is deleted and created again)."""
-    return f"{namespace}.{name}.{uid[:8]}."
+def task_prefix(*parts: str) -> str:
+    """The prefix of a run's task ids, from what makes it unique (the operator: namespace,
+    name and uid, which changes when a run is deleted and created again; the gateway: the
+    run id)."""
+    return ".".join(parts) + "."
 
 
 def enqueue(job: Job, queue: str, redis_url: str, prefix: str) -> int:
