@@ -69,7 +69,7 @@ rehearsal: images tools  ## run the built images as the chart's pods and a PyTor
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m rehearsal tests/rehearsal
 
 lint:  ## ruff, the import-layering contracts, the CRDs match the spec models
-	$(BIN)/ruff check primer services model operators tests bench
+	$(BIN)/ruff check primer services model operators recipe tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m primer.k8s.crds --check
 

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from primer import demo, report
+from recipe import demo, report
 
 HERE = Path(__file__).resolve().parent
 

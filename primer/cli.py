@@ -37,7 +37,6 @@ from rich.markup import escape
 import primer
 from primer.config import ConfigError, CoreConfig, config_hash, dump_config, load_config
 from primer.log import setup_logging
-from primer.serve import cmd_serve
 from primer.storage import StorageError
 
 ENTRY_POINT_GROUP = "primer.commands"
@@ -147,40 +146,6 @@ def cmd_config_show(ctx: typer.Context) -> None:
     typer.echo(dump_config(config) + f"# config_hash: {config_hash(config)}")
 
 
-def cmd_demo(
-    ctx: typer.Context,
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller everything (the test suite's "
-                                        "setting): a few hundred standard-library files.")]
-    = False,
-    run: Annotated[str, typer.Option("--run", help="Run name: outputs go to "
-                                     "<storage.root>/runs/<run>/; a rerun resumes.")] = "demo",
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Local worker processes (default: 2, or fewer cores).")]
-    = None,
-    teacher_url: Annotated[str | None, typer.Option(
-        "--teacher-url", help="Teacher for textbooks and exercises: an OpenAI-compatible base "
-        "URL or a local checkpoint folder. Default: the demo's own pretrained tiny model (a "
-        "toy bootstrapped teacher; the report says so).")] = None,
-    teacher_model: Annotated[str | None, typer.Option(
-        "--teacher-model", help="Model name to request from --teacher-url.")] = None,
-    ablation: Annotated[bool, typer.Option(
-        "--ablation", help="Also train on the same token budget (a) unfiltered code, (b) "
-        "filtered code, (c) filtered + synthetic, over seeds; report NLL and pass@1.")]
-    = False,
-) -> None:
-    """The phi-1 recipe end to end on this machine's Python sources: curate → tokenizer →
-    pretrain → textbooks + exercises → decontaminate → CodeTextbook → finetune → evaluate →
-    report (HTML + Markdown). A rerun resumes.
-
-    Extra arguments are config overrides, e.g. `primer demo --storage.root=/data/primer`.
-    """
-    from primer import demo
-
-    config = command_config(ctx, CoreConfig)
-    demo.run(config.storage.root, run, quick=quick, workers=workers, ablation=ablation,
-             teacher_url=teacher_url, teacher_model=teacher_model)
-
-
 def build_app(plugins: Iterable[EntryPoint] | None = None) -> typer.Typer:
     """The CLI: core commands plus every loadable ``primer.commands`` plug-in."""
     app = typer.Typer(name="primer", no_args_is_help=True, add_completion=False,
@@ -188,12 +153,10 @@ def build_app(plugins: Iterable[EntryPoint] | None = None) -> typer.Typer:
     app.callback()(_root)
     app.command("version")(cmd_version)
     app.command("doctor", context_settings=OVERRIDES)(cmd_doctor)
-    app.command("demo", context_settings=OVERRIDES)(cmd_demo)
-    app.command("serve")(cmd_serve)
     config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
     config_app.command("show", context_settings=OVERRIDES)(cmd_config_show)
     app.add_typer(config_app, name="config")
-    builtin = {"version", "doctor", "demo", "config", "serve"}
+    builtin = {"version", "doctor", "config"}
     eps = entry_points(group=ENTRY_POINT_GROUP) if plugins is None else plugins
     for ep in sorted(eps, key=lambda e: e.name):
         _mount(app, ep, builtin)

@@ -12,9 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-PACKAGES = ("primer", "services", "model", "operators")
+PACKAGES = ("primer", "services", "model", "operators", "recipe")
 CONTRACTS = (
     "The core library imports no component",
+    "Nothing imports the recipe",
+    "The core is layered",
     "Services never import each other",
     "Services, model and operators are independent components",
 )
@@ -60,3 +62,21 @@ def test_a_service_importing_another_breaks_independence(tmp_path):
     proc = lint_imports(tmp_path)
     assert proc.returncode != 0, proc.stdout
     assert "Services never import each other BROKEN" in proc.stdout
+
+
+def test_storage_importing_datasets_breaks_the_core_layers(tmp_path):
+    copy_tree(tmp_path)
+    (tmp_path / "primer" / "storage" / "_layering_probe.py").write_text(
+        "import primer.datasets\n")
+    proc = lint_imports(tmp_path)
+    assert proc.returncode != 0, proc.stdout
+    assert "The core is layered BROKEN" in proc.stdout
+    assert "primer.storage._layering_probe -> primer.datasets" in proc.stdout
+
+
+def test_a_component_importing_the_recipe_breaks_the_contract(tmp_path):
+    copy_tree(tmp_path)
+    (tmp_path / "model" / "_layering_probe.py").write_text("import recipe.report\n")
+    proc = lint_imports(tmp_path)
+    assert proc.returncode != 0, proc.stdout
+    assert "Nothing imports the recipe BROKEN" in proc.stdout

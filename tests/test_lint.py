@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ruff_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
-    proc = subprocess.run([str(ruff), "check", "primer", "services", "model", "operators",
+    proc = subprocess.run([str(ruff), "check", "primer", "services", "model", "operators", "recipe",
                            "tests", "bench"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

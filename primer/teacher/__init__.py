@@ -5,8 +5,15 @@ cache, usage) and :class:`TeacherConfig` for the settings.
 """
 
 from primer.teacher.cache import ResponseCache, request_key
-from primer.teacher.client import ChatRequest, Completion, Teacher, TeacherError, Usage
+from primer.teacher.client import (
+    ChatRequest,
+    Completion,
+    Teacher,
+    TeacherError,
+    TextRequest,
+    Usage,
+)
 from primer.teacher.config import TeacherConfig
 
 __all__ = ["ChatRequest", "Completion", "ResponseCache", "Teacher", "TeacherConfig",
-           "TeacherError", "Usage", "request_key"]
+           "TeacherError", "TextRequest", "Usage", "request_key"]

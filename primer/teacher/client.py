@@ -12,6 +12,8 @@
   retried task yields the same record;
 - token usage and, with prices set, cost accounting in :attr:`Teacher.usage`.
 
+Chat requests (:class:`ChatRequest`) go to ``/v1/chat/completions``; raw prompts
+(:class:`TextRequest`, a benchmark's base-model completions) to ``/v1/completions``.
 The backend is an OpenAI-compatible endpoint through the ``openai`` package, or, when
 ``url`` is a local checkpoint folder, a transformers model run in-process (``local.py``).
 """
@@ -27,7 +29,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -74,6 +76,38 @@ class ChatRequest:
                 "seed": self.seed, "top_p": self.top_p,
                 "stop": list(self.stop) if self.stop else None}
 
+    def key(self, model: str) -> str:
+        return request_key(model, self.messages, self.params())
+
+    def chars(self) -> int:
+        return sum(len(m.get("content", "")) for m in self.messages)
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A raw prompt to continue (``/v1/completions``), ``n`` choices in one request: what a
+    benchmark harness sends a base model. Cached, retried and rate-limited like a chat."""
+
+    prompt: str
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    seed: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    n: int = 1
+
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                "seed": self.seed, "top_p": self.top_p, "n": self.n,
+                "stop": list(self.stop) if self.stop else None}
+
+    def key(self, model: str) -> str:
+        # A prompt, not messages, in the hashed body: no chat request shares its key.
+        return request_key(model, [], {"prompt": self.prompt, **self.params()})
+
+    def chars(self) -> int:
+        return len(self.prompt) * self.n
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -86,6 +120,8 @@ class Completion:
     """The request hash (``prompt_hash`` in generated records)."""
     cached: bool = False
     attempts: int = 1
+    choices: tuple[str, ...] = ()
+    """Every choice's text, in order, for a request of ``n`` > 1 (``text`` is the first)."""
 
 
 #: Upper bounds (seconds) of the teacher latency histogram; a completion takes from a fraction
@@ -133,11 +169,11 @@ class Usage:
                     if f.name != "_lock"}
 
 
-Backend = Callable[[ChatRequest, float], Awaitable[tuple[str, str, int, int]]]
+Request = ChatRequest | TextRequest
 
 
 class Teacher:
-    """Async chat completions against one teacher; see the module docstring."""
+    """Async completions (chat or text) against one teacher; see the module docstring."""
 
     def __init__(self, config: TeacherConfig):
         self.config = config
@@ -201,15 +237,16 @@ class Teacher:
 
     # -- public API -----------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    async def complete(self, request: Request) -> Completion:
         """One completion, from the cache when it holds this exact request."""
         self._bind_loop()
-        key = request_key(self.config.model, request.messages, request.params())
+        key = request.key(self.config.model)
         if self.cache is not None:
             hit = await self._cache_io(self.cache.get, key)
             if hit is not None:
                 self.usage.add(cached=1)
-                return Completion(**{**hit, "cached": True, "key": key})
+                return Completion(**{**hit, "choices": tuple(hit.get("choices", ())),
+                                     "cached": True, "key": key})
         slot = await self._slots.get()
         try:
             completion = await self._with_retries(request, key, slot)
@@ -221,13 +258,13 @@ class Teacher:
             await self._cache_io(self.cache.put, key, entry)
         return completion
 
-    async def complete_many(self, requests: Sequence[ChatRequest],
+    async def complete_many(self, requests: Sequence[Request],
                             on_done: Callable[[Completion | TeacherError], None] | None = None,
                             ) -> list[Completion | TeacherError]:
         """All ``requests`` concurrently (bounded); failures come back as TeacherError values,
         in the same order as the requests."""
 
-        async def one(request: ChatRequest) -> Completion | TeacherError:
+        async def one(request: Request) -> Completion | TeacherError:
             try:
                 result: Completion | TeacherError = await self.complete(request)
             except TeacherError as exc:
@@ -238,7 +275,7 @@ class Teacher:
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
-    def complete_sync(self, request: ChatRequest) -> Completion:
+    def complete_sync(self, request: Request) -> Completion:
         async def once() -> Completion:
             try:
                 return await self.complete(request)
@@ -272,18 +309,18 @@ class Teacher:
 
     # -- the retry loop -------------------------------------------------------------------------
 
-    async def _with_retries(self, request: ChatRequest, key: str, slot: int) -> Completion:
+    async def _with_retries(self, request: Request, key: str, slot: int) -> Completion:
         config = self.config
         last = ""
         for attempt in range(1, config.max_retries + 2):
             if self._rpm is not None:
                 await self._rpm.acquire(1)
             if self._tpm is not None:
-                chars = sum(len(m.get("content", "")) for m in request.messages)
-                await self._tpm.acquire(chars / 4 + request.max_tokens)
+                n = request.n if isinstance(request, TextRequest) else 1
+                await self._tpm.acquire(request.chars() / 4 + request.max_tokens * n)
             started = time.monotonic()
             try:
-                text, finish, p_tok, c_tok = await self._call(request, slot)
+                texts, finish, p_tok, c_tok = await self._call(request, slot)
             except TeacherError:
                 self.usage.add(failures=1)
                 raise
@@ -304,15 +341,17 @@ class Teacher:
             self.usage.answered(time.monotonic() - started, prompt_tokens=p_tok,
                                 completion_tokens=c_tok,
                                 **({"cost_usd": cost} if cost is not None else {}))
-            return Completion(text, finish, p_tok, c_tok, config.model, key, False, attempt)
+            return Completion(texts[0], finish, p_tok, c_tok, config.model, key, False, attempt,
+                              texts if len(texts) > 1 else ())
         self.usage.add(failures=1)
         raise TeacherError(f"teacher {self.name}: gave up after {config.max_retries + 1} "
                            f"attempts; last error: {last}", key, config.max_retries + 1)
 
-    async def _call(self, request: ChatRequest, slot: int) -> tuple[str, str, int, int]:
+    async def _call(self, request: Request, slot: int) -> tuple[tuple[str, ...], str, int, int]:
+        """(the choices' texts, the first's finish reason, prompt and completion tokens)."""
         if self._local is not None:
-            return await self._local.generate(request)
-        kwargs: dict[str, Any] = {"model": self.config.model, "messages": request.messages,
+            return await self._call_local(request)
+        kwargs: dict[str, Any] = {"model": self.config.model,
                                   "temperature": request.temperature,
                                   "max_tokens": request.max_tokens}
         if request.seed is not None:
@@ -321,18 +360,43 @@ class Teacher:
             kwargs["top_p"] = request.top_p
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        resp = await self._clients[slot].chat.completions.create(**kwargs)
+        client = self._clients[slot]
+        if isinstance(request, TextRequest):
+            resp = await client.completions.create(prompt=request.prompt, n=request.n, **kwargs)
+        else:
+            resp = await client.chat.completions.create(messages=request.messages, **kwargs)
         try:
-            choice = resp.choices[0]
-            text = choice.message.content
-        except (AttributeError, IndexError, TypeError):
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            texts = tuple(c.text if isinstance(request, TextRequest) else c.message.content
+                          for c in choices)
+        except (AttributeError, TypeError):
             raise _Malformed(f"no choices in the response: {str(resp)[:200]}") from None
-        if text is None:
+        wanted = request.n if isinstance(request, TextRequest) else 1
+        if len(texts) < wanted:
+            raise _Malformed(f"{len(texts)} choices in the response, asked for {wanted}")
+        if any(t is None for t in texts):
             raise _Malformed("the response has no message content")
         usage = getattr(resp, "usage", None)
         p_tok = getattr(usage, "prompt_tokens", None) or 0
-        c_tok = getattr(usage, "completion_tokens", None) or len(text) // 4
-        return text, choice.finish_reason or "stop", p_tok, c_tok
+        c_tok = getattr(usage, "completion_tokens", None) or sum(map(len, texts)) // 4
+        return texts[:wanted], choices[0].finish_reason or "stop", p_tok, c_tok
+
+    async def _call_local(self, request: Request) -> tuple[tuple[str, ...], str, int, int]:
+        """The in-process checkpoint: a text request's ``n`` choices are seeds seed, seed+1…
+        (as ``primer serve`` answers them)."""
+        assert self._local is not None
+        if isinstance(request, ChatRequest):
+            text, finish, p_tok, c_tok = await self._local.generate(request)
+            return (text,), finish, p_tok, c_tok
+        texts, finish, p_tok, c_tok = [], "stop", 0, 0
+        for i in range(request.n):
+            text, f, p_tok, c = await self._local.complete(
+                request.prompt, request.max_tokens, request.temperature, request.top_p,
+                (request.seed or 0) + i, request.stop)
+            texts.append(text)
+            finish = f if i == 0 else finish
+            c_tok += c
+        return tuple(texts), finish, p_tok, c_tok
 
     def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before retrying ``exc``, or None when retrying cannot help."""

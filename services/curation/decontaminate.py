@@ -30,7 +30,7 @@ import math
 import re
 import tempfile
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
@@ -45,6 +45,7 @@ from primer.config import ConfigModel, RedisConfig, config_hash
 from primer.datasets import Producer, ShardInfo, commit_dataset, open_dataset, write_shard
 from primer.executor import Executor, Job, LocalExecutor, WorkUnit
 from primer.storage import open_storage
+from primer.summary import StageSummary, write_summary
 
 METHODS = ("ngram", "ast", "embedding")
 _WORD = re.compile(r"\w+")
@@ -381,6 +382,17 @@ def make_executor(config: DecontaminateCommandConfig) -> Executor:
     return LocalExecutor(workers=config.workers)
 
 
+def stage_summary(kept: int, counts: dict[str, int], flagged: list[dict[str, Any]],
+                  against: Sequence[str], tau: float) -> StageSummary:
+    """What the report shows of a decontamination: rows checked and pruned, per test, and
+    the benchmark tasks matched most (task id → matches)."""
+    tasks = Counter(hit["task_id"] for row in flagged for hit in row.get("matches", []))
+    return StageSummary(stage="decontaminate", producer=__name__, rows=kept,
+                        drop_counts=dict(counts),
+                        facts={"checked": kept + sum(counts.values()), "against": list(against),
+                               "tau": tau, "tasks": dict(tasks.most_common(8))})
+
+
 def decontaminate(input_uri: str, against: Sequence[str], config: DecontaminateCommandConfig,
                   output_uri: str | None = None, report_uri: str | None = None, *,
                   executor: Executor | None = None, progress: bool = False
@@ -410,10 +422,12 @@ def decontaminate(input_uri: str, against: Sequence[str], config: DecontaminateC
         flagged = [json.loads(line) for part in parts
                    for line in flags.read_text(f"{part['name']}.jsonl").splitlines()]
         if output_uri:
-            commit_dataset(output_uri, [ShardInfo(**p["shard"]) for p in parts if p["shard"]],
-                           Producer("decontaminate", config_hash(config)),
-                           drop_counts=counts, columns=open_dataset(input_uri).manifest.columns,
-                           metadata={"decontaminated_against": list(against), "tau": cfg.tau})
+            kept = commit_dataset(
+                output_uri, [ShardInfo(**p["shard"]) for p in parts if p["shard"]],
+                Producer("decontaminate", config_hash(config)), drop_counts=counts,
+                columns=open_dataset(input_uri).manifest.columns,
+                metadata={"decontaminated_against": list(against), "tau": cfg.tau})
+            write_summary(output_uri, stage_summary(kept.rows, counts, flagged, against, cfg.tau))
     finally:
         if temp is not None:
             temp.cleanup()

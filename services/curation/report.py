@@ -15,6 +15,7 @@ from typing import Any
 
 from primer.datasets import Manifest
 from primer.storage import open_storage
+from primer.summary import StageSummary, write_summary
 from services.curation.filters import all_reasons
 
 
@@ -41,6 +42,18 @@ def histogram_png(hist_all: list[int], hist_kept: list[int], threshold: float) -
     return buf.getvalue()
 
 
+def stage_summary(manifest: Manifest, facts: dict[str, Any],
+                  drop_counts: dict[str, int]) -> StageSummary:
+    """What the report shows of a curation: the committed dataset's counts, and the funnel,
+    annotation, classifier and score-histogram facts of the run."""
+    keep = ("input", "files_seen", "after_filters", "dedup", "annotations", "classifier",
+            "threshold", "rule", "kept_chars", "estimated_tokens", "hist_all", "hist_kept")
+    return StageSummary(stage="curate", producer="services.curation", rows=manifest.rows,
+                        tokens=manifest.tokens, drop_counts=drop_counts,
+                        facts=json.loads(json.dumps({k: facts.get(k) for k in keep},
+                                                    default=str)))
+
+
 def write_report(out: str, manifest: Manifest, facts: dict[str, Any]) -> dict[str, Any]:
     store = open_storage(f"{out}/_report")
     counts = {r: manifest.drop_counts.get(r, 0) for r in all_reasons()}
@@ -48,6 +61,7 @@ def write_report(out: str, manifest: Manifest, facts: dict[str, Any]) -> dict[st
     report = {**facts, "kept": manifest.rows, "drop_counts": counts,
               "dataset": out, "shards": len(manifest.shards)}
     store.write_text("report.json", json.dumps(report, indent=2, sort_keys=True, default=str))
+    write_summary(out, stage_summary(manifest, facts, counts))
     store.write_bytes("edu_score_hist.png", histogram_png(facts["hist_all"], facts["hist_kept"],
                                                           facts["threshold"]))
     m = facts.get("classifier") or {}

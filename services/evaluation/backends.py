@@ -14,7 +14,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 from urllib.parse import urlparse
 
@@ -100,33 +99,46 @@ def _StopOnStrings(tokenizer, prompt_len: int, stop: Sequence[str]):
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible ``/v1/completions`` server (OpenAI, vLLM, TGI, Ollama).
-
-    Requests run ``concurrency`` at a time; 429, 5xx and timeouts are retried with
-    exponential backoff by the ``openai`` client (``retries`` times).
+    """Any OpenAI-compatible ``/v1/completions`` server (OpenAI, vLLM, TGI, Ollama,
+    ``primer serve``), through the teacher client (:mod:`primer.teacher`): ``concurrency``
+    requests in flight, 429/5xx/timeouts retried with backoff (``retries`` times, honouring
+    Retry-After), optional rate limit and response cache (a rerun asks nothing again).
     """
 
     def __init__(self, model: str, config: GenerationConfig):
-        from openai import OpenAI
+        from primer.teacher import Teacher, TeacherConfig
 
         self.model, self.config = model, config
-        self.client = OpenAI(base_url=_endpoint(config.api_base or ""), api_key=_api_key(config),
-                             max_retries=config.retries, timeout=config.request_timeout_s)
-
-    def _one(self, prompt: str, stop: Sequence[str], n: int) -> list[str]:
-        cfg = self.config
-        resp = self.client.completions.create(
-            model=self.model, prompt=prompt, max_tokens=cfg.max_new_tokens, n=n,
-            temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
-            stop=list(stop)[:4], seed=cfg.seed)  # many servers accept at most 4 stops
-        choices = sorted(resp.choices, key=lambda c: c.index)
-        if len(choices) != n:
-            raise RuntimeError(f"the endpoint returned {len(choices)} choices, asked for {n}")
-        return [truncate_at_stop(c.text or "", stop) for c in choices]
+        _api_key(config)  # refuse a secrets variable before any request
+        self.teacher = Teacher(TeacherConfig(
+            url=_endpoint(config.api_base or ""), model=model, api_key_env=config.api_key_env,
+            max_concurrency=config.concurrency, max_retries=config.retries,
+            timeout_s=config.request_timeout_s, requests_per_minute=config.requests_per_minute,
+            cache_uri=config.cache_uri))
 
     def complete(self, prompts: Sequence[str], stop: Sequence[str], n: int) -> list[list[str]]:
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            return list(pool.map(lambda p: self._one(p, stop, n), prompts))
+        import asyncio
+
+        from primer.teacher import TeacherError, TextRequest
+
+        cfg = self.config
+        requests = [TextRequest(p, cfg.temperature, cfg.max_new_tokens, cfg.seed,
+                                cfg.top_p if cfg.temperature > 0 else 1.0,
+                                tuple(stop)[:4] or None, n)  # many servers take at most 4 stops
+                    for p in prompts]
+
+        async def run():
+            try:
+                return await self.teacher.complete_many(requests)
+            finally:
+                await self.teacher.aclose()
+
+        out = []
+        for done in asyncio.run(run()):
+            if isinstance(done, TeacherError):
+                raise done
+            out.append([truncate_at_stop(t, stop) for t in (done.choices or (done.text,))])
+        return out
 
 
 def _endpoint(url: str) -> str:

@@ -32,6 +32,10 @@ class GenerationConfig(ConfigModel):
     concurrency: int = Field(8, gt=0, description="Requests in flight (API backend).")
     retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts, with backoff.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (API).")
+    requests_per_minute: float | None = Field(None, gt=0, description=(
+        "Request rate limit of the API backend; none when unset."))
+    cache_uri: str | None = Field(None, description=(
+        "Storage URI of the API backend's response cache (the teacher's); none disables it."))
 
 
 class EvalConfig(ConfigModel):

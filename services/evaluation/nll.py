@@ -21,6 +21,8 @@ from typing import Any
 
 from primer.benchmarks import Benchmark
 from primer.storage import open_storage
+from primer.summary import write_summary
+from services.evaluation.scoring import stage_summary
 
 
 def reference_nll(model_dir: str, benchmark: Benchmark, output: str,
@@ -66,4 +68,5 @@ def reference_nll(model_dir: str, benchmark: Benchmark, output: str,
                "nll_per_problem": sum(scored) / len(scored) if scored else math.nan,
                "context": context, "stride": stride, "per_task": per_task}
     open_storage(output).write_text("nll.json", json.dumps(summary, indent=2) + "\n")
+    write_summary(output, stage_summary(f"nll/{benchmark.name}", summary))
     return summary

@@ -14,6 +14,7 @@ from primer.benchmarks import Benchmark
 from primer.sandbox import SandboxConfig, check_layers, run_stream
 from primer.sandbox.config import LAYERS
 from primer.storage import open_storage
+from primer.summary import StageSummary, write_summary
 from services.evaluation.samples import SamplesError, dump_row
 
 log = logging.getLogger("primer.eval")
@@ -69,7 +70,15 @@ def score(benchmark: Benchmark, samples: Iterable[dict[str, Any]], output: str,
     summary["sandbox"] = {"layers": list(layers),
                           "degraded": [x for x in LAYERS if x not in layers]}
     open_storage(output).write_text("summary.json", json.dumps(summary, indent=2) + "\n")
+    write_summary(output, stage_summary(f"eval/{benchmark.name}", summary))
     return summary
+
+
+def stage_summary(stage: str, summary: dict[str, Any]) -> StageSummary:
+    """The typed summary of a scoring (or NLL) run: its numbers without the per-task rows."""
+    return StageSummary(stage=stage, producer="services.evaluation",
+                        rows=summary.get("n_problems"),
+                        facts={k: v for k, v in summary.items() if k != "per_task"})
 
 
 def summarize(benchmark: Benchmark, per_task: dict[str, list[int]],

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from primer.cli import build_app
 from primer.datasets import Producer, open_dataset, write_dataset
 from primer.executor import CeleryExecutor
+from primer.summary import read_summary
 from services.curation import pipeline, readers
 from services.curation.annotate import AnnotateConfig, TeacherAnnotator, parse_score
 from services.curation.config import CurationConfig, DedupConfig, FilterConfig, ReaderConfig
@@ -168,6 +169,12 @@ def test_end_to_end_counts_every_reason_and_writes_dataset_report_and_model(refe
     assert manifest.drop_counts["edu_score_below"] > 0
     assert report["files_seen"] == manifest.rows + sum(manifest.drop_counts.values())
     assert report["files_seen"] == len([p for p in src.rglob("*.py")])
+    summary = read_summary(str(out))  # the typed summary the demo report reads
+    assert (summary.stage, summary.rows, summary.tokens) == ("curate", manifest.rows,
+                                                            manifest.tokens)
+    assert {r: n for r, n in summary.drop_counts.items() if n} == manifest.drop_counts
+    assert summary.facts["files_seen"] == report["files_seen"]
+    assert summary.facts["hist_all"] == report["hist_all"]
     # one of the four copies survives dedup: the base, which sorts first
     assert by_name.get("base.py") in (None, "edu_score_below")
     kept = datasets.load_dataset("parquet", data_files=open_dataset(str(out)).data_files(),

@@ -19,6 +19,7 @@ from primer.datasets import (
     write_shard,
 )
 from primer.executor import LocalExecutor
+from primer.summary import read_summary
 from services.curation.decontaminate import (
     ContaminationIndex,
     DecontaminateCommandConfig,
@@ -187,6 +188,11 @@ def test_units_split_rows_and_give_the_findings_of_one_pass(tmp_path):
     assert split["matches"] == whole["matches"]
     ids = [[r["id"] for r in open_dataset(str(tmp_path / d))] for d in ("split", "whole")]
     assert ids[0] == ids[1] == ["u0", "u1", "u2", "x0", "x1", "x2"]
+    summary = read_summary(str(tmp_path / "split"))  # what the demo report reads
+    assert (summary.stage, summary.rows, summary.facts["checked"]) == ("decontaminate", 6, 9)
+    assert summary.drop_counts == split["drop_counts"]
+    assert sum(summary.facts["tasks"].values()) == sum(len(m["matches"])
+                                                       for m in split["matches"])
     # a rerun skips every finished unit and publishes the same dataset
     again = run(3, "split")
     assert again["matches"] == split["matches"]

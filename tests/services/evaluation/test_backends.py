@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from primer.benchmarks import Benchmark, load_benchmark
 from primer.cli import build_app
+from primer.summary import read_summary
+from primer.teacher import ResponseCache, TeacherError, TextRequest
 from services.evaluation.backends import (
     OpenAIBackend,
     TransformersBackend,
@@ -97,14 +99,32 @@ def test_openai_backend_retries_429_and_500_and_returns_n_samples():
 
 
 def test_openai_backend_gives_up_after_its_retries():
-    from openai import InternalServerError
-
     with OpenAIServer() as server:
         server.fail = [500] * 5
         backend = OpenAIBackend("tiny", GenerationConfig(api_base=server.url, retries=1))
-        with pytest.raises(InternalServerError):
+        with pytest.raises(TeacherError, match="gave up after 2 attempts; last error: HTTP 500"):
             backend.complete(["x"], ["\n"], 1)
     assert len(server.requests) == 2
+
+
+def test_openai_backend_is_the_teacher_client_with_its_cache(tmp_path):
+    """The API backend is primer.teacher's client, not an HTTP client of its own: with a cache
+    a rerun asks the endpoint nothing, and the cache holds the teacher's entries."""
+    he = load_benchmark("humaneval")
+    bench = Benchmark("humaneval", dict(list(he.problems.items())[:4]))
+    with OpenAIServer() as server:
+        config = GenerationConfig(api_base=server.url, temperature=0.8, n_samples=2,
+                                  cache_uri=str(tmp_path / "cache"))
+        first = generate_samples(OpenAIBackend("tiny", config), bench, n=2)
+        assert len(server.requests) == 4
+        again = generate_samples(OpenAIBackend("tiny", config), bench, n=2)
+        assert len(server.requests) == 4  # all four answered from the cache
+    assert again == first and {s["completion"] for s in first} == {"    return 1"}
+    request = TextRequest(bench.problems["HumanEval/0"].prompt, 0.8, 384, 1234, 0.95,
+                          tuple(bench.problems["HumanEval/0"].stop)[:4], 2)
+    entry = ResponseCache(str(tmp_path / "cache")).get(request.key("tiny"))
+    assert entry is not None and entry["choices"] == ["    return 1\n# index 0",
+                                                       "    return 1\n# index 1"]
 
 
 @pytest.mark.slow
@@ -126,6 +146,12 @@ def test_eval_run_with_a_limit_and_reference_nll(tiny_model, tmp_path):
     nll = json.loads((out / "humaneval/nll.json").read_text())
     assert nll["n_problems"] == 4 and len(nll["per_task"]) == 4
     assert nll["tokens"] > 0 and 0 < nll["nll_per_token"] < 20
+    typed = read_summary(str(out / "humaneval"))  # what the demo report reads
+    assert (typed.stage, typed.rows, typed.facts["nll_per_token"]) == (
+        "nll/humaneval", 4, nll["nll_per_token"]) and "per_task" not in typed.facts
+    run_summary = read_summary(str(out / "mbpp"))
+    assert (run_summary.stage, run_summary.rows) == ("eval/mbpp", 3)
+    assert run_summary.facts["pass@1"] == summary["pass@1"]
     missing = CliRunner().invoke(APP, ["eval", "nll", "--model", str(tmp_path / "nope"),
                                        "--benchmark", "humaneval", "--output", str(out)])
     assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output

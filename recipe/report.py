@@ -1,8 +1,9 @@
 """The demo's report: one self-contained HTML file (PNG plots embedded as base64) plus Markdown.
 
 Everything is read back from what the stages wrote, through core formats only: dataset
-manifests, the curation's ``_report/report.json``, ``metrics.jsonl`` of training runs,
-``summary.json`` of evaluations, ``nll.json`` and the decontamination ``.jsonl`` reports.
+manifests, the :class:`~primer.summary.StageSummary` each component writes next to its output
+(``_summary.json``: curation, decontamination, evaluation and NLL), ``metrics.jsonl`` of
+training runs, and the demo's own diversity JSON files. No component's private files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from primer.datasets import DatasetError, read_manifest
+from primer.storage import StorageError
+from primer.summary import StageSummary, read_summary
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -32,6 +35,20 @@ def _manifest(path: Path):
         return read_manifest(str(path))
     except (DatasetError, OSError):
         return None
+
+
+def _summary(output: Path) -> StageSummary | None:
+    """The stage summary a component wrote next to ``output`` (None: none yet, or unreadable:
+    the report then says that part is missing rather than failing)."""
+    try:
+        return read_summary(str(output))
+    except StorageError:  # (a SummaryError is one)
+        return None
+
+
+def _facts(output: Path) -> dict[str, Any] | None:
+    summary = _summary(output)
+    return summary.facts if summary else None
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
@@ -203,7 +220,9 @@ def plot_ablation(rows: list[dict[str, Any]]) -> bytes:
 def gather(run: Path, facts: dict[str, Any]) -> dict[str, Any]:
     g: dict[str, Any] = {}
     src = _manifest(run / "sources")
-    cur = _json(run / "curated" / "_report" / "report.json") or {}
+    curated = _summary(run / "curated")
+    cur = ({**curated.facts, "kept": curated.rows, "drop_counts": curated.drop_counts}
+           if curated else {})
     g["sources"] = {"files": src.metadata.get("files") if src else None,
                     "rows": src.rows if src else None,
                     "drops": dict(src.drop_counts) if src else {},
@@ -226,20 +245,12 @@ def gather(run: Path, facts: dict[str, Any]) -> dict[str, Any]:
     dec = {}
     for name in ("sources", "curated", "textbooks", "exercises"):
         clean = run / f"{name}-clean"
-        m = _manifest(clean)
-        if m is None:
+        d = _summary(clean)
+        if d is None:
             continue
-        matches: Counter[str] = Counter()
-        report = clean / "_decontamination.jsonl"
-        if report.exists():
-            for line in report.read_text().splitlines():
-                if line.strip():
-                    for hit in json.loads(line).get("matches", []):
-                        matches[hit["task_id"]] += 1
-        flagged = sum(m.drop_counts.values())
-        dec[name] = {"checked": m.rows + flagged, "flagged": flagged,
-                     "reasons": dict(m.drop_counts), "tau": m.metadata.get("tau"),
-                     "tasks": matches.most_common(8)}
+        dec[name] = {"checked": d.facts.get("checked"), "flagged": sum(d.drop_counts.values()),
+                     "reasons": d.drop_counts, "tau": d.facts.get("tau"),
+                     "tasks": list((d.facts.get("tasks") or {}).items())}
     g["decontamination"] = dec
     g["losses"] = {"pretrain (code)": _metrics(run / "pretrain"),
                    "continued (CodeTextbook)": _metrics(run / "base"),
@@ -247,8 +258,8 @@ def gather(run: Path, facts: dict[str, Any]) -> dict[str, Any]:
     evals = {}
     for model in facts.get("models", []):
         e = run / "eval" / model
-        evals[model] = {b: _json(e / b / "summary.json") for b in ("humaneval", "mbpp")}
-        evals[model]["nll"] = _json(e / "nll" / "humaneval" / "nll.json")
+        evals[model] = {b: _facts(e / b) for b in ("humaneval", "mbpp")}
+        evals[model]["nll"] = _facts(e / "nll" / "humaneval")
     g["eval"] = evals
     if facts.get("ablation"):
         rows = []
@@ -256,13 +267,13 @@ def gather(run: Path, facts: dict[str, Any]) -> dict[str, Any]:
             nll, he, mb = [], [], []
             for r in runs:
                 e = run / "ablation" / "eval" / r
-                n = _json(e / "nll" / "humaneval" / "nll.json")
+                n = _facts(e / "nll" / "humaneval")
                 if n:
                     nll.append(n["nll_per_token"])
-                s = _json(e / "humaneval" / "summary.json")
+                s = _facts(e / "humaneval")
                 if s:
                     he.append(s.get("pass@1", 0.0))
-                s = _json(e / "mbpp" / "summary.json")
+                s = _facts(e / "mbpp")
                 if s:
                     mb.append(s.get("pass@1", 0.0))
             rows.append({"arm": arm, "seeds": len(runs), "nll_seeds": nll,
@@ -403,7 +414,7 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
         B.append(("table", (["reason", "files"], reasons or [["(none)", "0"]], set())))
         B.append(("p", curation_summary(cur)))
     else:
-        B.append(("missing", "No curation report (curated/_report/report.json): the curate "
+        B.append(("missing", "No curation summary (curated/_summary.json): the curate "
                              "stage has not finished."))
     hist = cur.get("hist_all")
     if isinstance(hist, list) and sum(x for x in hist if isinstance(x, int)) > 0:

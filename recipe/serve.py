@@ -11,10 +11,13 @@ tokenizer, or a plain ``role: content`` transcript for a base model; see
 :class:`primer.teacher.local.LocalBackend`), ``POST /v1/completions`` (raw prompt, ``n``
 choices, up to 4 ``stop`` strings), ``GET /healthz``, ``GET /metrics`` (Prometheus).
 
-Generation is serialized: one request at a time on a worker thread (the model is loaded
-once, at start). A CPU or a single GPU is saturated by one ``generate`` call of a small model;
-for throughput behind many workers, serve the export with vLLM instead. Streaming is not
-supported (``stream: true`` is refused with a 400). Errors use OpenAI's shape,
+This module only speaks HTTP: the text comes from the teacher's local backend
+(:class:`~primer.teacher.local.LocalBackend`), the one generation path for a checkpoint, so
+serving a model and using it as a teacher give the same text for the same request. Generation
+is serialized: one request at a time on a worker thread (the model is loaded once, at start).
+A CPU or a single GPU is saturated by one ``generate`` call of a small model; for throughput
+behind many workers, serve the export with vLLM instead. Streaming is not supported
+(``stream: true`` is refused with a 400). Errors use OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``, so OpenAI clients raise the right class.
 """
 
@@ -79,61 +82,6 @@ class ApiError(Exception):
                           "code": self.code}}
 
 
-# -- the model ---------------------------------------------------------------------------------
-
-
-def served_model(path: str):
-    """A :class:`~primer.teacher.local.LocalBackend` (chat) plus plain-prompt completions on
-    the same weights. Built on call: importing ``primer.teacher`` loads the openai SDK, which
-    every ``primer`` command would otherwise pay for at start."""
-    from primer.teacher.local import LocalBackend
-
-    class ServedModel(LocalBackend):
-        def load(self) -> None:
-            with self._lock:
-                if self._model is None:
-                    self._load()
-
-        def _complete(self, prompt: str, request: _Request, seed: int) -> tuple[str, str, int, int]:
-            import torch
-
-            with self._lock:
-                if self._model is None:
-                    self._load()
-                tok, model = self._tokenizer, self._model
-                inputs = tok(prompt, return_tensors="pt")
-                sample = request.temperature > 0
-                kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens, "do_sample": sample,
-                                          "pad_token_id": tok.pad_token_id or tok.eos_token_id}
-                if sample:
-                    kwargs["temperature"] = request.temperature
-                    if request.top_p is not None:
-                        kwargs["top_p"] = request.top_p
-                torch.manual_seed(seed)
-                with torch.no_grad():
-                    out = model.generate(**inputs, **kwargs)
-                new = out[0, inputs["input_ids"].shape[1]:]
-                text = tok.decode(new, skip_special_tokens=True)
-                return (*_cut(text, request.stops(), len(new) >= request.max_tokens),
-                        int(inputs["input_ids"].shape[1]), int(len(new)))
-
-        async def complete(self, prompt: str, request: _Request, seed: int
-                           ) -> tuple[str, str, int, int]:
-            import asyncio
-
-            return await asyncio.to_thread(self._complete, prompt, request, seed)
-
-    return ServedModel(path)
-
-
-def _cut(text: str, stops: tuple[str, ...], hit_limit: bool) -> tuple[str, str]:
-    """``text`` up to the earliest stop string, and the finish reason."""
-    cuts = [text.index(s) for s in stops if s and s in text]
-    if cuts:
-        return text[:min(cuts)], "stop"
-    return text, "length" if hit_limit else "stop"
-
-
 # -- the app -----------------------------------------------------------------------------------
 
 
@@ -144,9 +92,11 @@ def create_app(model_path: str, name: str | None = None):
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-    from primer.teacher.client import ChatRequest  # (imports openai: not on every CLI start)
+    # (imports openai: not on every CLI start)
+    from primer.teacher.client import ChatRequest
+    from primer.teacher.local import LocalBackend
 
-    served = served_model(model_path)
+    served = LocalBackend(model_path)
     model_name = name or Path(model_path).resolve().name
     created = int(time.time())
     registry = CollectorRegistry()
@@ -221,7 +171,9 @@ def create_app(model_path: str, name: str | None = None):
         start = time.monotonic()
         choices, p_tok, c_tok = [], 0, 0
         for i in range(body.n):
-            text, finish, p_tok, c = await served.complete(body.prompt, body, (body.seed or 0) + i)
+            text, finish, p_tok, c = await served.complete(
+                body.prompt, body.max_tokens, body.temperature, body.top_p, (body.seed or 0) + i,
+                body.stops())
             c_tok += c
             choices.append({"index": i, "text": text, "finish_reason": finish,
                             "logprobs": None})

@@ -110,3 +110,47 @@ def test_it_is_a_teacher_and_an_eval_backend(served):
     want = [client.completions.create(model="tiny", prompt=p, max_tokens=4, temperature=0,
                                       stop=["\ndef"]).choices[0].text for p in prompts]
     assert outs == [[w, w] for w in want], (outs, want)
+
+
+def test_serve_is_the_teacher_backend_over_http(tmp_path, monkeypatch):
+    """Every answer comes from the teacher's local backend (no generate loop of its own):
+    the same text the teacher gives for the same prompt and seed, through LocalBackend._run."""
+    import asyncio
+    import json
+
+    from primer.teacher.local import LocalBackend
+    from recipe.serve import create_app
+    from tests.services.gateway.conftest import serve
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    calls = []
+    run = LocalBackend._run
+
+    def counted(self, *args):
+        calls.append(args[0])
+        return run(self, *args)
+
+    monkeypatch.setattr(LocalBackend, "_run", counted)
+
+    def post(url, body):
+        req = urllib.request.Request(url, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
+    with serve(create_app(str(ckpt), "tiny")) as base:
+        raw = post(f"{base}/v1/completions", {"model": "tiny", "prompt": "def add(a, b):",
+                                              "max_tokens": 6, "temperature": 0.9, "seed": 4,
+                                              "stop": ["\n\n"]})
+        chat = post(f"{base}/v1/chat/completions", {
+            "model": "tiny", "messages": [{"role": "user", "content": "write add"}],
+            "max_tokens": 6, "temperature": 0.9, "seed": 4})
+    assert calls == ["def add(a, b):", [{"role": "user", "content": "write add"}]]
+
+    backend = LocalBackend(str(ckpt))
+    text, finish, _, _ = asyncio.run(backend.complete("def add(a, b):", 6, 0.9, None, 4,
+                                                      ["\n\n"]))
+    assert raw["choices"][0]["text"] == text and raw["choices"][0]["finish_reason"] == finish
+    teacher = Teacher(TeacherConfig(url=str(ckpt), model="tiny"))
+    answer = teacher.complete_sync(ChatRequest([{"role": "user", "content": "write add"}],
+                                               temperature=0.9, max_tokens=6, seed=4))
+    assert chat["choices"][0]["message"]["content"] == answer.text

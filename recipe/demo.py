@@ -17,8 +17,8 @@ whose output is committed, and the components resume unfinished work themselves)
     ablation     (--ablation) same token budget on unfiltered / filtered / filtered+synthetic
     report       report.html (self-contained) + report.md under runs/<run>/report/
 
-``primer`` itself never imports the components (import-linter contract); it reads what they
-write only through core formats: dataset manifests, summary.json, metrics.jsonl, JSON files.
+The demo drives the components through their commands, and reads what they wrote only
+through core formats (dataset manifests, stage summaries, JSON files).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def read_stage(raw_uri: str, state_uri: str, quick: bool, files_limit: int,
     groups: list[list[str]] = [[] for _ in range(n_units)]
     for f in files:  # stable assignment: the same file lands in the same unit on a rerun
         groups[zlib.crc32(f.encode()) % n_units].append(f)
-    units = [WorkUnit(f"read-{i:05d}", "primer.demo:read_sources",
+    units = [WorkUnit(f"read-{i:05d}", "recipe.demo:read_sources",
                       {"files": g, "shard_uri": raw_uri, "shard_name": f"part-{i:05d}.parquet"})
              for i, g in enumerate(groups)]
     result = LocalExecutor(workers=workers).run(Job("read-sources", units, state_uri=state_uri),
@@ -317,14 +317,14 @@ class Demo:
                  limit: int | None, nll_limit: int | None, pass_at_1: bool = True) -> None:
         pl = self.plan
         lim = [f"--limit={limit}"] if limit else []
-        if pass_at_1 and not all((Path(out) / b / "summary.json").exists()
+        if pass_at_1 and not all((Path(out) / b / "_summary.json").exists()
                                  for b in ("humaneval", "mbpp")):
             self.sh(stage, ["eval", "run", "--model", model, "-b", "humaneval,mbpp",
                             "--output", out, *lim,
                             f"--generation.max_new_tokens={pl.eval_new_tokens}",
                             f"--workers={self.workers}"], rec)
         nlim = [f"--limit={nll_limit}"] if nll_limit else []
-        if not (Path(out) / "nll" / "humaneval" / "nll.json").exists():
+        if not (Path(out) / "nll" / "humaneval" / "_summary.json").exists():
             self.sh(stage, ["eval", "nll", "--model", model, "-b", "humaneval",
                             "--output", f"{out}/nll", *nlim], rec)
 
@@ -357,7 +357,7 @@ class Demo:
                                "--classify.n_estimators=100"], rec)
             return f"kept {read_manifest(R('curated')).rows} files"
         self.run_stage("curate", R("curated"), _has_manifest(R("curated")) and Path(
-            R("curated", "_report", "report.json")).exists(), curate)
+            R("curated", "_summary.json")).exists(), curate)
 
         def tokenizer(rec: StageRecord) -> str:
             self.sh("tokenizer", ["pack", R("curated"), "--output", R("pack-code"),
@@ -488,14 +488,14 @@ class Demo:
                               pl.nll_limit)
             return f"models: {', '.join(models)}"
         self.run_stage("eval", R("eval"), all(
-            (Path(R("eval", m)) / "nll" / "humaneval" / "nll.json").exists() for m in models),
+            (Path(R("eval", m)) / "nll" / "humaneval" / "_summary.json").exists() for m in models),
             evaluate)
 
         if ablation:
             self.ablation()
 
         total = time.monotonic() - t_start
-        from primer import report
+        from recipe import report
 
         facts = {**self.facts, "quick": self.quick, "plan": asdict(self.plan),
                  "workers": self.workers, "models": models, "paper": PAPER,
@@ -554,7 +554,7 @@ class Demo:
                     f"{pl.ablation_steps} steps × 16 × {pl.seq_len} tokens each")
         self.run_stage("ablation", R("ablation"), all(
             Path(R("ablation", "eval", f"{a.replace('+', '-')}-seed{s}", "nll", "humaneval",
-                   "nll.json")).exists() for a in arms for s in pl.ablation_seeds), ablate)
+                   "_summary.json")).exists() for a in arms for s in pl.ablation_seeds), ablate)
         self.facts["ablation_arms"] = {a: [f"{a.replace('+', '-')}-seed{s}"
                                            for s in pl.ablation_seeds] for a in arms}
 

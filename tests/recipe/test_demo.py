@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from primer import demo as demo_module
-from primer import report
 from primer.datasets import open_dataset, read_manifest
+from primer.summary import read_summary, write_summary
+from recipe import demo as demo_module
+from recipe import report
 from tests.browser import open_page
 
 # the demo's stages are real training runs: minutes on 2 cores
@@ -49,7 +50,9 @@ def test_every_stage_writes_its_dataset_or_checkpoint(demo):
     cur = read_manifest(str(run / "curated"))
     assert cur.producer.step == "curate" and 0 < cur.rows < src.rows
     assert "edu_score_below" in cur.drop_counts
-    assert (run / "curated" / "_report" / "report.json").exists()
+    curated = read_summary(str(run / "curated"))
+    assert curated.producer == "services.curation" and curated.rows == cur.rows
+    assert curated.drop_counts["edu_score_below"] == cur.drop_counts["edu_score_below"]
     assert read_manifest(str(run / "pack-code")).metadata["seq_len"] == 128
     assert (run / "pack-code" / "tokenizer" / "tokenizer.json").exists()
     assert (run / "pretrain" / "checkpoints" / "step-30" / "COMMITTED").exists()
@@ -64,11 +67,12 @@ def test_every_stage_writes_its_dataset_or_checkpoint(demo):
     clean = read_manifest(str(run / "curated-clean"))
     assert clean.producer.step == "decontaminate"
     assert clean.rows + sum(clean.drop_counts.values()) == cur.rows
+    assert read_summary(str(run / "curated-clean")).facts["checked"] == cur.rows
     for bench in ("humaneval", "mbpp"):
-        summary = json.loads((run / "eval" / "base" / bench / "summary.json").read_text())
-        assert summary["n_problems"] == 10 and "pass@1" in summary
-    nll = json.loads((run / "eval" / "base" / "nll" / "humaneval" / "nll.json").read_text())
-    assert nll["n_problems"] == 20 and 0 < nll["nll_per_token"] < 20
+        summary = read_summary(str(run / "eval" / "base" / bench))
+        assert summary.rows == 10 and "pass@1" in summary.facts
+    nll = read_summary(str(run / "eval" / "base" / "nll" / "humaneval"))
+    assert nll.rows == 20 and 0 < nll.facts["nll_per_token"] < 20
     losses = [json.loads(x)["loss"] for x in (run / "pretrain" / "metrics.jsonl").open()]
     assert len(losses) == 30 and losses[-1] < losses[0]
 
@@ -128,15 +132,15 @@ def test_a_full_demo_report_with_the_ablation_shows_five_figures(demo, tmp_path)
     # results in the format `primer eval nll` wrote for this run's model.
     _, run, _ = demo
     copy = _report_inputs(run, tmp_path / "run")
-    nll = json.loads((run / "eval" / "base" / "nll" / "humaneval" / "nll.json").read_text())
+    nll = read_summary(str(run / "eval" / "base" / "nll" / "humaneval"))
     arms = {}
     for i, arm in enumerate(("unfiltered", "filtered", "filtered-synthetic")):
         arms[arm.replace("-", "+")] = []
         for seed in (0, 1, 2):
             out = copy / "ablation" / "eval" / f"{arm}-seed{seed}" / "nll" / "humaneval"
-            out.mkdir(parents=True, exist_ok=True)
-            value = nll["nll_per_token"] + 0.3 * i + 0.01 * seed
-            (out / "nll.json").write_text(json.dumps({**nll, "nll_per_token": value}))
+            value = nll.facts["nll_per_token"] + 0.3 * i + 0.01 * seed
+            write_summary(str(out), nll.model_copy(
+                update={"facts": {**nll.facts, "nll_per_token": value}}))
             arms[arm.replace("-", "+")].append(f"{arm}-seed{seed}")
     facts = json.loads((run / "report" / "facts.json").read_text())
     facts.update(quick=False, plan=asdict(demo_module.FULL), ablation=True,

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from primer import demo, report
 from primer.datasets import Producer, commit_dataset
+from primer.summary import StageSummary, write_summary
+from recipe import demo, report
 from tests.browser import open_page
 
 FIGURES = ("funnel.png", "edu_score_hist.png", "validity.png", "loss.png")
@@ -51,13 +52,12 @@ def test_a_run_with_no_outputs_yet_reports_every_figure_as_missing(tmp_path):
 def test_partial_inputs_draw_what_they_can(tmp_path):
     # A curation report without histogram or classifier (a fallback run), a training run cut
     # off mid-line, a generation manifest whose every record was dropped.
-    cur = tmp_path / "curated" / "_report"
-    cur.mkdir(parents=True)
-    (cur / "report.json").write_text(json.dumps({
-        "after_filters": 9, "dedup": {"exact_dup": 2}, "kept": 4,
-        "drop_counts": {"too_short": 1, "exact_dup": 2, "edu_score_below": 3},
-        "classifier": {"fallback": "one class in the annotations: annotator scores used"},
-        "annotations": {"annotator": "heuristic", "annotated": 7, "positive": 7}}))
+    write_summary(str(tmp_path / "curated"), StageSummary(
+        stage="curate", producer="services.curation", rows=4,
+        drop_counts={"too_short": 1, "exact_dup": 2, "edu_score_below": 3},
+        facts={"after_filters": 9, "dedup": {"exact_dup": 2},
+               "classifier": {"fallback": "one class in the annotations: annotator scores used"},
+               "annotations": {"annotator": "heuristic", "annotated": 7, "positive": 7}}))
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "metrics.jsonl").write_text(
         '{"step": 1, "loss": 7.5}\n{"step": 2, "loss": 7.1}\n{"step": 3, "lo')
@@ -95,8 +95,8 @@ def test_the_ablation_section_states_a_verdict_per_pair(tmp_path):
     for arm, values in (("unfiltered", [3.0, 3.2]), ("filtered", [2.5, 2.7])):
         for seed, v in enumerate(values):
             out = tmp_path / "ablation" / "eval" / f"{arm}-seed{seed}" / "nll" / "humaneval"
-            out.mkdir(parents=True)
-            (out / "nll.json").write_text(json.dumps({"nll_per_token": v, "n_problems": 164}))
+            write_summary(str(out), StageSummary(stage="nll/humaneval", producer="test",
+                                                 rows=164, facts={"nll_per_token": v}))
     blocks, imgs = report.build(tmp_path, facts(ablation=True, ablation_arms={
         arm: [f"{arm}-seed0", f"{arm}-seed1"] for arm in ("unfiltered", "filtered")}))
     assert "ablation.png" in figures(blocks)
@@ -129,3 +129,34 @@ def test_the_browser_check_counts_only_images_it_decoded_and_painted(tmp_path: P
     assert [f.alt for f in shown.figures] == ["good", "corrupt", "beside the page", "far down"]
     assert [f.alt for f in shown.rendered] == ["good", "far down"]
     assert shown.height > 3000 and Image.open(shown.screenshot).height == shown.height
+
+
+def test_the_report_reads_stage_summaries_not_component_files(tmp_path):
+    """Decontamination and evaluation numbers come from their _summary.json; a component's
+    own files (a decontamination .jsonl, an eval summary.json) alone show nothing, and a
+    corrupt summary is reported missing, not a crash."""
+    clean = tmp_path / "curated-clean"
+    commit_dataset(str(clean), [], Producer("decontaminate", "x"),
+                   drop_counts={"ngram": 2, "ast": 1})
+    (clean / "_decontamination.jsonl").write_text(
+        json.dumps({"matches": [{"task_id": "HumanEval/9"}]}) + "\n")
+    eval_out = tmp_path / "eval" / "base" / "humaneval"
+    eval_out.mkdir(parents=True)
+    (eval_out / "summary.json").write_text(json.dumps({"pass@1": 0.5, "n_problems": 2}))
+    (tmp_path / "eval" / "base" / "mbpp").mkdir()
+    (tmp_path / "eval" / "base" / "mbpp" / "_summary.json").write_text("{not json")
+    g = report.gather(tmp_path, facts())
+    assert "curated" not in g["decontamination"] and g["eval"]["base"]["humaneval"] is None
+    assert g["eval"]["base"]["mbpp"] is None
+
+    write_summary(str(clean), StageSummary(
+        stage="decontaminate", producer="test", rows=5, drop_counts={"ngram": 2, "ast": 1},
+        facts={"checked": 8, "tau": 0.95, "tasks": {"HumanEval/9": 2, "MBPP/11": 1}}))
+    write_summary(str(eval_out), StageSummary(
+        stage="eval/humaneval", producer="test", rows=2,
+        facts={"pass@1": 0.5, "n_passed": 1, "n_problems": 2}))
+    g = report.gather(tmp_path, facts())
+    assert g["decontamination"]["curated"] == {
+        "checked": 8, "flagged": 3, "reasons": {"ngram": 2, "ast": 1}, "tau": 0.95,
+        "tasks": [("HumanEval/9", 2), ("MBPP/11", 1)]}
+    assert g["eval"]["base"]["humaneval"]["pass@1"] == 0.5
