@@ -9,6 +9,7 @@ operator; the API is reached with the ``kubernetes`` client directly.
 
 from __future__ import annotations
 
+import datetime
 import functools
 from typing import Any
 
@@ -18,14 +19,15 @@ from urllib3.exceptions import HTTPError
 
 from services.gateway.config import GatewayConfig
 from services.gateway.models import Body, spec_of
-from services.gateway.store import now
 
 GROUP, VERSION = "primer.dev", "v1alpha1"
 KINDS = {"curation": ("CurationRun", "curationruns"),
          "generation": ("GenerationRun", "generationruns"),
          "evaluation": ("EvaluationRun", "evaluationruns")}
 LABEL = "primer.dev/submitted-by"
-SUBMITTED = "primer.dev/submitted-at"  # creationTimestamp's stand-in where a server sets none
+# When the gateway created it, to the microsecond: newest first even within one second
+# (creationTimestamp has seconds only).
+SUBMITTED = "primer.dev/submitted-at"
 TIMEOUT = (5, 20)  # connect, read: a dead API server fails a request, never hangs it
 # status fields the Run maps itself; any other one of a finished run is an output
 _MAPPED = {"phase", "message", "progress", "startedAt", "completedAt", "conditions", "units",
@@ -46,7 +48,7 @@ class ClusterRuns:
         kind, plural = KINDS[component]
         obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
                "metadata": {"name": run_id, "namespace": self.namespace,
-                            "labels": {LABEL: "gateway"}, "annotations": {SUBMITTED: now()}},
+                            "labels": {LABEL: "gateway"}, "annotations": {SUBMITTED: _now_us()}},
                "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
         created = self._call("create", f"{kind} {run_id}", lambda api: api.
                              create_namespaced_custom_object(GROUP, VERSION, self.namespace,
@@ -106,8 +108,8 @@ def run_of(component: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": meta["name"], "component": component, "phase": phase, "spec": spec,
         "output": spec.get("output", ""), "queue": status.get("queue"),
-        "created_at": meta.get("creationTimestamp")
-        or (meta.get("annotations") or {}).get(SUBMITTED, ""),
+        "created_at": (meta.get("annotations") or {}).get(SUBMITTED)
+        or meta.get("creationTimestamp") or "",
         "started_at": status.get("startedAt"), "finished_at": status.get("completedAt"),
         "progress": {"units_done": units.get("done", 0), "units_total": units.get("total", 0),
                      "stage": "", "detail": status.get("progress") or status.get("message")
@@ -126,3 +128,7 @@ def _objects(api_url: str | None) -> client.CustomObjectsApi:
     else:
         config.load_incluster_config(client_configuration=configuration)
     return client.CustomObjectsApi(client.ApiClient(configuration))
+
+
+def _now_us() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
