@@ -106,6 +106,7 @@ def test_a_generation_run_is_planned_by_the_gateway_and_run_by_the_workers(redis
     assert metric(text, "primer_queue_length", queue=config.queues["generation"]) == 0
 
 
+@pytest.mark.slow  # nine curation steps, each a round trip through the queue (~80 s here)
 def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
     own = own_db(redis_url, 12)
     config = gateway_config(own, tmp_path, reconcile_seconds=0.2)
