@@ -7,8 +7,8 @@
   may read under the root [``./primer-data``];
 - ``PRIMER_GATEWAY_INPUT_ROOTS``: more prefixes runs may read, comma-separated URIs; ``hf:``
   admits Hugging Face datasets as curation inputs [none];
-- ``PRIMER_GATEWAY_ENDPOINTS``: OpenAI-compatible base URLs a run may name as
-  ``teacher_url`` or ``api_base``, comma-separated [none: the workers' own teacher only];
+- ``PRIMER_GATEWAY_ENDPOINTS``: OpenAI-compatible base URLs a run may name as its
+  ``teacher.url``, comma-separated [none: the configured teacher only];
 - ``PRIMER_GATEWAY_MAX_BODY_BYTES``: largest request body, refused (413) unread [262144];
 - ``PRIMER_GATEWAY_RATE_LIMIT``: ``/v1/*`` requests a minute per token (per client address
   without auth), then 429 with Retry-After; 0 turns it off [600];
@@ -50,9 +50,9 @@ class GatewayConfig:
     (``PRIMER_GATEWAY_INPUT_ROOTS``, comma-separated URIs); the entry ``hf:`` admits Hugging
     Face datasets as curation inputs. Anything else (other paths, buckets, schemes) is a 422."""
     endpoints: tuple[str, ...] = ()
-    """OpenAI-compatible base URLs a run may name as ``teacher_url`` or ``api_base``
-    (``PRIMER_GATEWAY_ENDPOINTS``, comma-separated). Empty: runs use the workers' configured
-    teacher (``PRIMER_TEACHER_URL``) and may name none. A run never chooses which key is sent."""
+    """OpenAI-compatible base URLs a run may name as its ``teacher.url``
+    (``PRIMER_GATEWAY_ENDPOINTS``, comma-separated). Empty: runs use the configured teacher
+    (``PRIMER_TEACHER_URL``) and may name none. A run never chooses which key is sent."""
     max_body_bytes: int = 256 << 10
     """Largest request body (``PRIMER_GATEWAY_MAX_BODY_BYTES``); a larger one is refused with
     413 from its Content-Length, or as soon as the streamed bytes pass it, unparsed."""

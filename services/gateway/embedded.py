@@ -21,7 +21,7 @@ import redis
 
 from primer import progress
 from primer.executor import Job
-from primer.executor.plan import RunFailed, planner, reconcile
+from primer.executor.plan import RunFailed, Tick, planner, reconcile
 from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
 from primer.runs import KINDS, parse_spec
 from primer.storage.base import StorageUnavailableError
@@ -129,8 +129,10 @@ class Reconciler:
             return {"progress": {**record["progress"], "detail": f"will retry: {exc}"}}
         except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
             log.warning("run %s failed: %s", run_id, exc)
-            return {**started, "phase": "Failed", "finished_at": now(),
-                    "error": f"{type(exc).__name__}: {exc}"}
+            last = record["progress"]
+            tick = Tick("Failed", record.get("job"), last.get("stage", ""),
+                        last.get("units_done", 0), last.get("units_total", 0),
+                        error=f"{type(exc).__name__}: {exc}")
         changes: dict[str, Any] = {
             **started, "phase": tick.phase, "job": tick.job,
             "progress": {"units_done": tick.done, "units_total": tick.total,
