@@ -217,3 +217,29 @@ def _latency_and_failures(url: str, store) -> None:
     assert metric(text, "primer_teacher_latency_seconds") == pytest.approx(0.5)
     assert metric(text, "primer_teacher_requests", component="generation") >= 10
     assert metric(text, "primer_units_failed", component="generation") >= 1
+
+
+def test_a_run_another_replica_holds_is_left_to_it(redis_url, tmp_path):
+    """Two gateways never tick one run at once: a pass skips a run whose lock is taken, and a
+    lock is released by its holder only."""
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path)  # passes driven by hand below
+    app = create_app(config)
+    store, reconciler = app.state.store, app.state.runs.reconciler
+    queue = config.queues["generation"]
+    with serve(app) as url:
+        status, run, _ = http("POST", f"{url}/v1/runs", {
+            "component": "generation", "kind": "textbooks", "count": 3})
+        assert status == 201, run
+        assert store.lock(run["id"], "other-replica", ttl_s=30)
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Pending"
+        assert redis.Redis.from_url(own).llen(queue) == 0
+        store.unlock(run["id"], "not-the-holder")  # no effect
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Pending"
+        store.unlock(run["id"], "other-replica")
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Running"
+        assert redis.Redis.from_url(own).llen(queue) > 0
+        assert store.lock(run["id"], "next", ttl_s=1)  # the pass released its own lock

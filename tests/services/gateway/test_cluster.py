@@ -11,6 +11,7 @@ from tests.operators.conftest import NS, Cluster
 from tests.servers import free_port
 from tests.services.gateway.conftest import TEACHER, gateway_config, serve
 from tests.services.gateway.test_api import http
+from tests.services.gateway.test_runs_e2e import cli, printed
 
 pytestmark = pytest.mark.integration
 API = "primer.dev/v1alpha1"
@@ -97,3 +98,24 @@ def test_an_unreachable_api_is_a_503_naming_it(redis_url, tmp_path):
         assert "create CurationRun" in data["error"]
         status, data, _ = http("GET", f"{url}/v1/runs")
         assert status == 503 and "Kubernetes API" in data["error"], data
+
+
+def test_primer_runs_reads_the_cluster_as_it_reads_embedded_mode(cluster, redis_url, tmp_path):
+    with serve(cluster_gateway(redis_url, tmp_path, cluster.url)) as url:
+        sent = cli("runs", "submit", "curation", "input=s3://primer/data/raw", "keepTop=0.2",
+                   "--classify.n_estimators=10", "--gateway", url)
+        assert sent.exit_code == 0, sent.output
+        run = printed(sent.output)
+        assert run["phase"] == "Pending" and run["component"] == "curation"
+        cr = cluster.get(API, "curationruns", run["id"])
+        assert cr["spec"] == {"input": "s3://primer/data/raw", "keepTop": 0.2,
+                              "config": {"classify.n_estimators": 10},
+                              "output": f"s3://primer/data/runs/{run['id']}/curation"}
+        cluster.patch_status(API, "curationruns", run["id"], {
+            "phase": "Running", "units": {"done": 2, "total": 5}})
+        listed = cli("runs", "list", "--gateway", url)
+        assert f"{run['id']}  curation    Running    2/5 units" in listed.output
+        cluster.patch_status(API, "curationruns", run["id"], {
+            "phase": "Succeeded", "units": {"done": 12, "total": 12}, "rows": 7})
+        done = cli("runs", "get", run["id"], "--wait", "--interval", "0.1", "--gateway", url)
+        assert done.exit_code == 0 and printed(done.output)["outputs"] == {"rows": 7}
