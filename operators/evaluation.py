@@ -13,7 +13,6 @@ import kopf
 
 from operators import kube
 from operators.config import DELETE_ATTEMPTS, POLL_SECONDS, RETRY_SECONDS, OperatorConfig
-from operators.specs import EvaluationSpec
 from operators.status import (
     GROUP,
     VERSION,
@@ -24,10 +23,11 @@ from operators.status import (
     start,
 )
 from primer.k8s.evaluation_job import API_VERSION, EvaluationJobSpec, build_evaluation_job
+from primer.runs import EvaluationRun
 from primer.storage import StorageError
 
 
-def evaluation_job_for(spec: EvaluationSpec, name: str, namespace: str,
+def evaluation_job_for(spec: EvaluationRun, name: str, namespace: str,
                        config: OperatorConfig) -> dict[str, Any]:
     """The run's Job (pure: spec → dict)."""
     try:
@@ -50,7 +50,7 @@ def submit_evaluation_job(spec, name, namespace, body, status, patch, **_):
     """Create the evaluation Job (idempotent by name), owned by the run."""
     if is_terminal(status):
         return
-    parsed = refuse_invalid(EvaluationSpec, spec, patch)
+    parsed = refuse_invalid(EvaluationRun, spec, patch)
     try:
         job = evaluation_job_for(parsed, name, namespace, OperatorConfig.from_env())
     except kopf.PermanentError as e:
@@ -71,7 +71,7 @@ def job_outcome(job: dict[str, Any]) -> str | None:
     return None
 
 
-def pass_at_1(spec: EvaluationSpec) -> dict[str, float]:
+def pass_at_1(spec: EvaluationRun) -> dict[str, float]:
     """pass@1 per benchmark from the evaluator's summaries (those written so far)."""
     scores = {}
     for bench in spec.benchmarks:
@@ -93,7 +93,7 @@ def mirror_evaluation_job(spec, namespace, status, patch, logger, **_):
     if outcome is None:
         return
     if outcome == "Succeeded":
-        parsed = refuse_invalid(EvaluationSpec, spec, patch)
+        parsed = refuse_invalid(EvaluationRun, spec, patch)
         try:
             patch.status["passAt1"] = pass_at_1(parsed)
         except (StorageError, OSError) as e:

@@ -1,46 +1,33 @@
-"""CurationRun and GenerationRun: work units on the Celery queues, progress from markers.
+"""CurationRun and GenerationRun: the component's planner says which units run; the operator
+sends each step to the component's queue once and follows the markers.
 
-create/resume → :func:`enqueue_units` (once: a resumed run whose units were sent is left
-alone; units are idempotent anyway); timer → :func:`report_progress`; delete →
-:func:`cancel_units` (the run's waiting units are removed from the queue).
+create/resume and timer → :func:`reconcile_run` (one :func:`primer.executor.plan.reconcile`
+tick: the planner's next step is sent unless it was already, status shows units, tokens and
+ETA, and the run ends Succeeded with the commit unit's result or Failed with a unit's error);
+delete → :func:`cancel_units` (the run's waiting units are removed from the queue).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kopf
 
-from operators import queue, units
 from operators.config import DELETE_ATTEMPTS, POLL_SECONDS, RETRY_SECONDS, OperatorConfig
-from operators.specs import CurationSpec, GenerationSpec
-from operators.status import (
-    GROUP,
-    VERSION,
-    count_done,
-    eta_seconds,
-    finish,
-    is_terminal,
-    refuse_invalid,
-    start,
-)
-from primer.executor import Job
+from operators.status import GROUP, VERSION, finish, is_terminal, now, refuse_invalid
+from primer import progress
+from primer.config import ConfigError
+from primer.executor import queue
+from primer.executor.plan import RunFailed, planner, reconcile
+from primer.runs import S3_URI, CurationRun, GenerationRun
 from primer.storage import StorageError
 
-#: plural → (spec model, units builder, queue chooser)
+#: plural → (planner kind, spec model, queue chooser)
 KINDS: dict[str, Any] = {
-    "generationruns": (GenerationSpec,
-                       lambda s, c: units.generation_units(s, c.teacher_url),
-                       lambda c: c.generation_queue),
-    "curationruns": (CurationSpec, lambda s, c: units.curation_units(s),
-                     lambda c: c.curation_queue),
+    "generationruns": ("generation", GenerationRun, lambda c: c.generation_queue),
+    "curationruns": ("curation", CurationRun, lambda c: c.curation_queue),
 }
-
-
-def _job(plural: str, spec: Any, name: str, patch: kopf.Patch) -> Job:
-    model, build, _ = KINDS[plural]
-    parsed = refuse_invalid(model, spec, patch)
-    return Job(name, build(parsed, OperatorConfig.from_env()), units.state_uri(parsed.output))
 
 
 def _running(status: Any, **_: Any) -> bool:
@@ -51,57 +38,62 @@ def _running(status: Any, **_: Any) -> bool:
 @kopf.on.create(GROUP, VERSION, "generationruns")
 @kopf.on.resume(GROUP, VERSION, "curationruns")
 @kopf.on.create(GROUP, VERSION, "curationruns")
-def enqueue_units(spec, name, namespace, uid, status, patch, resource, logger, **_):
-    """Send the run's units to its queue (once; a resumed run that has them is left alone)."""
-    if is_terminal(status) or (status or {}).get("units"):
-        return
-    job = _job(resource.plural, spec, name, patch)
-    config = OperatorConfig.from_env()
-    queue_name = KINDS[resource.plural][2](config)
-    try:
-        sent = queue.enqueue(job, queue_name, config.redis_url,
-                             queue.task_prefix(namespace, name, uid))
-    except queue.QueueUnavailable as e:
-        raise kopf.TemporaryError(str(e), delay=RETRY_SECONDS) from e
-    start(patch, "Running", f"{sent} units sent to queue {queue_name}", queue=queue_name,
-          units={"done": 0, "total": sent}, progress=f"0/{sent} units")
-    logger.info(f"sent {sent} units to {queue_name}")
+def start_run(**kwargs):
+    """A new (or, after an operator restart, resumed) run: its first tick."""
+    reconcile_run(**kwargs)
 
 
 @kopf.timer(GROUP, VERSION, "generationruns", interval=POLL_SECONDS, when=_running)
 @kopf.timer(GROUP, VERSION, "curationruns", interval=POLL_SECONDS, when=_running)
-def report_progress(spec, name, namespace, uid, status, patch, resource, memo, logger, **_):
-    """Units done/total, tokens and ETA from the completion markers; Succeeded when all done."""
-    job = _job(resource.plural, spec, name, patch)
+def follow_run(**kwargs):
+    reconcile_run(**kwargs)
+
+
+def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, logger, **_):
+    """Send the planner's next step (once) and report where the run stands."""
+    status = status or {}
+    if is_terminal(status):
+        return
+    kind, model, queue_of = KINDS[resource.plural]
+    parsed = refuse_invalid(model, spec, patch)
+    if not re.match(S3_URI, parsed.output or ""):
+        finish(patch, "Failed", "spec.output: give an s3:// URI (pods read and write S3)")
+        raise kopf.PermanentError("spec.output is not an s3:// URI")
+    config = OperatorConfig.from_env()
+    queue_name = status.get("queue") or queue_of(config)
+    prefix = queue.task_prefix(namespace, name, uid[:8])
+    plan = planner(kind)
     try:
-        done, tokens = count_done(job.state_uri, {u.id for u in job.units}, memo)
-    except (StorageError, OSError) as e:
-        raise kopf.TemporaryError(f"cannot read progress from {job.state_uri}: {e}",
-                                  delay=RETRY_SECONDS) from e
-    total = len(job.units)
-    patch.status.update(units={"done": done, "total": total}, tokens=tokens,
-                        progress=f"{done}/{total} units",
-                        etaSeconds=eta_seconds(status.get("startedAt"), done, total))
-    if done < total:
-        return
-    if resource.plural == "curationruns":
-        finish(patch, "Succeeded", f"all {total} units done")
-        return
-    # A generation run ends with one more unit: later rounds, if needed, and the commit.
-    if count_done(job.state_uri, {units.FINISH_ID}, memo)[0]:
-        finish(patch, "Succeeded", f"all {total} units done; dataset committed")
-    elif not status.get("finishing"):
-        config = OperatorConfig.from_env()
-        parsed = GenerationSpec.model_validate(dict(spec))
-        last = Job(name, [units.generation_finish_unit(parsed, config.teacher_url)],
-                   job.state_uri)
-        try:
-            queue.enqueue(last, status.get("queue") or config.generation_queue,
-                          config.redis_url, queue.task_prefix(namespace, name, uid))
-        except queue.QueueUnavailable as e:
-            raise kopf.TemporaryError(str(e), delay=RETRY_SECONDS) from e
-        patch.status.update(finishing=True, message="first round done; finishing "
-                                                    "(later rounds if needed, then the commit)")
+        target = plan.resolve(parsed)
+        tick = reconcile(plan, target, status.get("job"),
+                         lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix))
+        stats = progress.unit_stats(plan.output(target), memo.setdefault("markers", {}))
+    except (queue.QueueUnavailable, StorageError, OSError) as e:
+        raise kopf.TemporaryError(f"{type(e).__name__}: {e}", delay=RETRY_SECONDS) from e
+    except (ConfigError, RunFailed, ValueError) as e:  # the spec cannot be run as it is
+        finish(patch, "Failed", f"{type(e).__name__}: {e}")
+        raise kopf.PermanentError(str(e)) from e
+    started = status.get("startedAt") or now()
+    patch.status.update(
+        phase="Running", startedAt=started, queue=queue_name, job=tick.job, stage=tick.stage,
+        units={"done": tick.done, "total": tick.total}, tokens=stats["tokens_generated"],
+        progress=f"{tick.stage}: {tick.done}/{tick.total} units",
+        etaSeconds=progress.eta_seconds(started, tick.done, tick.total),
+        message=status.get("message") if not tick.sent else
+        f"{tick.stage}: {tick.sent} units sent to queue {queue_name}")
+    if tick.sent:
+        logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
+    if tick.phase == "Succeeded":
+        finish(patch, "Succeeded", f"done: {_summary(tick.result or {})}")
+        patch.status.update(progress="done", outputs={
+            k: v for k, v in (tick.result or {}).items() if isinstance(v, str | int | float)})
+    elif tick.phase == "Failed":
+        finish(patch, "Failed", tick.error or "a unit failed")
+
+
+def _summary(result: dict[str, Any]) -> str:
+    keys = ("rows", "kept", "tokens", "estimated_tokens")
+    return ", ".join(f"{k} {result[k]}" for k in keys if k in result) or "committed"
 
 
 @kopf.on.delete(GROUP, VERSION, "generationruns", retries=DELETE_ATTEMPTS, backoff=RETRY_SECONDS)
@@ -115,7 +107,7 @@ def cancel_units(name, namespace, uid, status, retry, logger, **_):
     config = OperatorConfig.from_env()
     try:
         removed = queue.cancel(queue_name, config.redis_url,
-                               queue.task_prefix(namespace, name, uid))
+                               queue.task_prefix(namespace, name, uid[:8]))
     except queue.QueueUnavailable as e:
         if retry + 1 >= DELETE_ATTEMPTS:
             logger.warning(f"{e}; giving up: waiting units of {name} may still run")

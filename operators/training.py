@@ -14,9 +14,9 @@ import kopf
 
 from operators import kube
 from operators.config import DELETE_ATTEMPTS, POLL_SECONDS, RETRY_SECONDS, OperatorConfig
-from operators.specs import TrainingSpec
 from operators.status import GROUP, VERSION, finish, is_terminal, refuse_invalid, start
 from primer.k8s import API_VERSION, PLURAL, TrainingJobSpec, build_pytorchjob
+from primer.runs import TrainingRun
 from primer.storage import ObjectNotFoundError, StorageError, open_storage
 
 #: PyTorchJob condition (the last one that is True) → TrainingRun phase.
@@ -25,7 +25,7 @@ PHASES = {"Created": "Pending", "Running": "Running", "Restarting": "Running",
 _STEP = re.compile(r"^step-(\d+)$")
 
 
-def pytorchjob_for(spec: TrainingSpec, name: str, namespace: str,
+def pytorchjob_for(spec: TrainingRun, name: str, namespace: str,
                    config: OperatorConfig) -> dict[str, Any]:
     """The run's PyTorchJob (pure: spec → dict), exactly what ``primer train submit`` sends."""
     try:
@@ -47,7 +47,7 @@ def submit_pytorchjob(spec, name, namespace, body, status, patch, **_):
     """Create the PyTorchJob (idempotent by name), owned by the run."""
     if is_terminal(status):
         return
-    parsed = refuse_invalid(TrainingSpec, spec, patch)
+    parsed = refuse_invalid(TrainingRun, spec, patch)
     try:
         job = pytorchjob_for(parsed, name, namespace, OperatorConfig.from_env())
     except kopf.PermanentError as e:
@@ -81,7 +81,7 @@ def mirror_pytorchjob(spec, name, namespace, body, status, patch, memo, logger, 
                         conditions=(job.get("status") or {}).get("conditions") or [])
     if phase in ("Succeeded", "Failed"):
         finish(patch, phase, message)
-    parsed = refuse_invalid(TrainingSpec, spec, patch)
+    parsed = refuse_invalid(TrainingRun, spec, patch)
     step = record_checkpoint(parsed.output, patch, logger)
     if step is not None and parsed.evaluate_every:
         evaluate_checkpoints(parsed, name, namespace, body, step, status, patch)
@@ -117,7 +117,7 @@ def steps_to_evaluate(step: int, every: int, evaluated: list[int]) -> list[int]:
     return [step] if every and step % every == 0 and step not in evaluated else []
 
 
-def evaluation_run_for(spec: TrainingSpec, run: str, namespace: str, step: int
+def evaluation_run_for(spec: TrainingRun, run: str, namespace: str, step: int
                        ) -> dict[str, Any]:
     """An EvaluationRun for checkpoint ``step`` of training run ``run`` (pure)."""
     out = spec.output.rstrip("/")
@@ -132,7 +132,7 @@ def evaluation_run_for(spec: TrainingSpec, run: str, namespace: str, step: int
     }
 
 
-def evaluate_checkpoints(spec: TrainingSpec, name, namespace, body, step, status, patch):
+def evaluate_checkpoints(spec: TrainingRun, name, namespace, body, step, status, patch):
     evaluated = list((status or {}).get("evaluatedSteps") or [])
     for s in steps_to_evaluate(step, spec.evaluate_every, evaluated):
         run = evaluation_run_for(spec, name, namespace, s)

@@ -34,16 +34,25 @@ def units_done(output: str) -> int:
     return len(_markers(output)[1])
 
 
-def unit_stats(output: str) -> dict[str, Any]:
+def unit_stats(output: str, cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Totals over every marker: units done and failed, seconds, and the teacher's tokens,
-    requests (answered, failed for good, retried) and latency."""
+    requests (answered, failed for good, retried) and latency.
+
+    ``cache`` (kept by a caller that polls, e.g. in the operator's memo) holds the markers
+    already read: a marker never changes once written, so each is read once."""
     store, keys = _markers(output)
+    cache = {} if cache is None else cache
     stats = {"units_done": len(keys), "units_failed": len(_records(output, FAILURE_DIR)[1]),
              "unit_seconds": 0.0, "tokens_generated": 0, "teacher_requests": 0,
              "teacher_failures": 0, "teacher_retries": 0, "teacher_seconds": 0.0,
              "teacher_latency_counts": [0] * (len(LATENCY_BUCKETS) + 1)}
     for key in keys:
-        marker = json.loads(store.read_text(key))
+        if key not in cache:  # keep only what is summed (results can be large)
+            full = json.loads(store.read_text(key))
+            result = full.get("result")
+            cache[key] = {"duration_s": full.get("duration_s"), "result": {
+                "usage": result.get("usage") if isinstance(result, dict) else None}}
+        marker = cache[key]
         stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
         result = marker.get("result")
         usage = result.get("usage") if isinstance(result, dict) else None

@@ -199,11 +199,15 @@ def resolve(fn: str):
     return obj
 
 
-def run_unit(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutcome:
+def run_unit(unit: WorkUnit, state_uri: str, job: str = "",
+             worker: str | None = None) -> UnitOutcome:
     """Run ``unit`` unless its marker exists; write the marker after the function returns.
 
-    Exceptions from the unit propagate (the caller reports them); no marker is written then.
+    ``worker`` names who ran it in the marker and failure record (a Celery worker's node
+    name, ``w1@pod``); default: this host's name. Exceptions from the unit propagate (the
+    caller reports them); no marker is written then.
     """
+    host = worker or socket.gethostname()
     state = open_storage(state_uri)
     marker = read_marker(state, unit.id)
     if marker is not None:
@@ -217,14 +221,14 @@ def run_unit(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutcome:
         with contextlib.suppress(Exception):  # recording must not hide the unit's own error
             state.write_text(failure_key(unit.id), json.dumps({
                 "job": job, "unit": unit.id, "fn": unit.fn, "error": f"{type(exc).__name__}: "
-                f"{exc}", "traceback": traceback.format_exc(), "host": socket.gethostname(),
+                f"{exc}", "traceback": traceback.format_exc(), "host": host,
                 "failed_at": datetime.datetime.now(datetime.UTC).isoformat()}, indent=1))
         raise
     duration = time.monotonic() - start
     state.delete(failure_key(unit.id))  # an earlier failure is history now
     state.write_text(marker_key(unit.id), json.dumps({
         "job": job, "unit": unit.id, "fn": unit.fn, "result": result,
-        "host": socket.gethostname(), "pid": os.getpid(), "duration_s": round(duration, 3),
+        "host": host, "pid": os.getpid(), "duration_s": round(duration, 3),
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(),
     }, indent=1))
     log.info("job %s unit %s: done in %.2fs", job, unit.id, duration,

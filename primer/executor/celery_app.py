@@ -12,9 +12,11 @@ KEDA autoscaler watches), ``PRIMER_CELERY_VISIBILITY_TIMEOUT`` (seconds, default
 Delivery is at-least-once: a unit is acknowledged only after it ran (``acks_late``), a
 worker child that dies requeues it (``task_reject_on_worker_lost``), and a message held by a
 worker that vanished (kill -9, lost node) goes back to the queue once it has been unacked
-for the visibility timeout; a live worker's event loop sweeps for those. Set the timeout
-above the longest unit's run time, or a slow unit is handed to a second worker while the
-first still runs it (harmless, since units are idempotent, but wasted work).
+for the visibility timeout; a live worker's event loop sweeps for those. A unit may run far
+longer than that timeout: while it runs, a heartbeat thread in its process re-stamps its
+delivery every third of the timeout (:mod:`primer.executor.heartbeat`), so the sweep never
+hands a live worker's unit to a second worker. The timeout is thus how long the unit of a
+dead worker waits before it runs elsewhere, not a bound on a unit's run time.
 
 Because a process death requeues the unit, a unit that always kills its process (a poison
 input, an out-of-memory shard) would come back forever. Each delivery is counted in Redis
@@ -24,43 +26,62 @@ an error that says so instead of running again.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from celery import Celery
+from pydantic import ConfigDict, Field, field_validator
 
+from primer.config import ConfigModel, load_config
 from primer.executor.base import WorkUnit, run_unit
+from primer.executor.heartbeat import heartbeat
 
 TASK_NAME = "primer.run_unit"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-@dataclass(frozen=True)
-class CeleryConfig:
-    """Where the queue is and how deliveries behave."""
+class CeleryConfig(ConfigModel):
+    """Where the queue is and how deliveries behave; a config section like any other, whose
+    defaults come from the service variables the chart sets (``env_defaults``)."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    """Broker and result backend (``redis://host:port/db``)."""
-    queue: str = "primer"
-    """Queue (Redis list) the units are sent to and workers consume (``-Q``)."""
-    visibility_timeout: float = 3600.0
-    """Seconds a delivered, unacknowledged unit waits before another worker may take it."""
-    max_deliveries: int = 5
-    """Deliveries of one unit before it is failed instead of run again (a unit whose
-    worker process dies every time would otherwise be requeued forever)."""
-    restore_interval: float = field(default=0.0)
-    """Seconds between a worker's sweeps for expired unacked units; 0: derived from the
-    visibility timeout (kombu's default is a scan every 100 s, too slow for short timeouts)."""
+    model_config = ConfigDict(frozen=True)
+    env_defaults: ClassVar[Mapping[str, str]] = {
+        "redis_url": "PRIMER_REDIS_URL", "queue": "PRIMER_CELERY_QUEUE",
+        "visibility_timeout": "PRIMER_CELERY_VISIBILITY_TIMEOUT",
+        "max_deliveries": "PRIMER_CELERY_MAX_DELIVERIES"}
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, description=(
+        "Broker and result backend (redis://host:port/db)."))
+    queue: str = Field("primer", description=(
+        "Queue (Redis list) the units are sent to and workers consume (-Q)."))
+    visibility_timeout: float = Field(3600.0, description=(
+        "Seconds after its worker's last heartbeat before an unacknowledged unit goes back "
+        "to the queue (the wait before a dead worker's unit runs elsewhere)."))
+    max_deliveries: int = Field(5, ge=1, description=(
+        "Deliveries of one unit before it is failed instead of run again (a unit whose "
+        "worker process dies every time would otherwise be requeued forever)."))
+    restore_interval: float = Field(0.0, ge=0, description=(
+        "Seconds between a worker's sweeps for expired unacked units; 0: derived from the "
+        "visibility timeout (kombu's default is a scan every 100 s, too slow for short "
+        "timeouts)."))
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"Celery visibility timeout must be positive, got {value} "
+                             "(PRIMER_CELERY_VISIBILITY_TIMEOUT)")
+        return value
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between a running unit's heartbeats: three per timeout, so one late or
+        failed beat still leaves the delivery fresh."""
+        return self.visibility_timeout / 3
 
     @classmethod
     def from_env(cls) -> CeleryConfig:
-        return cls(
-            redis_url=os.environ.get("PRIMER_REDIS_URL", DEFAULT_REDIS_URL),
-            queue=os.environ.get("PRIMER_CELERY_QUEUE", "primer"),
-            visibility_timeout=float(os.environ.get("PRIMER_CELERY_VISIBILITY_TIMEOUT", "3600")),
-            max_deliveries=int(os.environ.get("PRIMER_CELERY_MAX_DELIVERIES", "5")),
-        )
+        return load_config(cls)
 
     def transport_options(self) -> dict[str, Any]:
         interval = self.restore_interval or min(10.0, max(1.0, self.visibility_timeout / 5))
@@ -97,7 +118,8 @@ def make_app(config: CeleryConfig | None = None) -> Celery:
                 f"unit {unit.get('id')} of job {job or '?'} was delivered {deliveries} times "
                 f"(limit {config.max_deliveries}): its worker process died each time (killed, "
                 "out of memory?); giving up. Raise PRIMER_CELERY_MAX_DELIVERIES to allow more.")
-        outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job)
+        with heartbeat(self, interval=config.heartbeat_interval):
+            outcome = run_unit(WorkUnit.from_dict(unit), state_uri, job, self.request.hostname)
         return {"result": outcome.result, "skipped": outcome.skipped,
                 "duration_s": outcome.duration_s}
 

@@ -17,11 +17,13 @@
      ``MinhashConfig(seed)``, keeping 64 bits: bit-identical signatures to datatrove's.
 
    Both are done for all shingles at once in numpy.
-2. Once, over every shard's band hashes (:func:`cluster`): for each band, sort the hashes and
-   link neighbours that are equal; the connected components of that sparse graph
-   (``scipy.sparse.csgraph``) are the duplicate clusters. It holds ``bands`` uint64 per file
-   (112 bytes at the defaults): ~150 MB for a million files, all work vectorized. A band hash
-   of 0 (:data:`NO_SIGNATURE`) means "no signature" and never links.
+2. Per bucket key, in parallel (:func:`bucket_edges`, one unit for the exact hash and one per
+   band): sort that column of every shard and link neighbours that are equal; a unit holds
+   one uint64 column and its sort order (16 bytes per file: ~160 MB for ten million files).
+   Then once (:func:`components`): the connected components of all the edges
+   (``scipy.sparse.csgraph``) are the duplicate clusters; edges are few (about one per
+   duplicate and band). A band hash of 0 (:data:`NO_SIGNATURE`) means "no signature" and
+   never links.
 3. Per shard, in parallel: drop every member of a cluster but the first (lowest global
    index) — reason ``exact_dup`` when its normalized text equals the kept one's, else
    ``near_dup``.
@@ -148,35 +150,49 @@ class MinHasher:
         return self.band_hashes(self.signature(self.shingles(text)))
 
 
-def cluster(bands: np.ndarray, exact: np.ndarray, cfg: DedupConfig) -> np.ndarray:
-    """Cluster label (the lowest member index) of every file.
+def bucket_keys(cfg: DedupConfig) -> list[str]:
+    """The columns duplicates are found by, one bucket unit each: ``exact`` and/or one
+    ``bNN`` per LSH band."""
+    return (["exact"] if cfg.exact else []) + \
+        ([f"b{j:02d}" for j in range(cfg.bands)] if cfg.near else [])
 
-    ``bands``: (n_files, n_bands) uint64 in global order; ``exact``: (n_files,) uint64.
-    """
+
+def bucket_edges(key: np.ndarray, is_band: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of files (global indices) with equal ``key``: each file linked to the previous
+    one of its bucket in sorted order, enough for the connected components."""
+    order = np.argsort(key, kind="stable")
+    same = key[order[1:]] == key[order[:-1]]
+    if is_band:
+        same &= key[order[1:]] != NO_SIGNATURE
+    return order[1:][same], order[:-1][same]
+
+
+def components(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """Cluster label (the lowest member index) of each of ``n`` files linked by the edges."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = len(exact)
     if n == 0:
         return np.zeros(0, np.int64)
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    keys = ([(exact, False)] if cfg.exact else []) + \
-        ([(bands[:, j], True) for j in range(bands.shape[1])] if cfg.near else [])
-    for key, is_band in keys:
-        order = np.argsort(key, kind="stable")
-        same = key[order[1:]] == key[order[:-1]]
-        if is_band:
-            same &= key[order[1:]] != NO_SIGNATURE
-        src.append(order[1:][same])
-        dst.append(order[:-1][same])
-    s = np.concatenate(src) if src else np.zeros(0, np.int64)
-    d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(s), np.int8), (s, d)), shape=(n, n))
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     first = np.full(comp.max() + 1, n, np.int64)
     np.minimum.at(first, comp, np.arange(n))
     return first[comp]
+
+
+def cluster(bands: np.ndarray, exact: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """Cluster label (the lowest member index) of every file, in one process (the pipeline
+    runs the same two steps as bucket units and one cluster unit).
+
+    ``bands``: (n_files, n_bands) uint64 in global order; ``exact``: (n_files,) uint64.
+    """
+    columns = {"exact": exact, **{f"b{j:02d}": bands[:, j] for j in range(bands.shape[1])}}
+    edges = [bucket_edges(columns[k], k != "exact") for k in bucket_keys(cfg)
+             if k in columns]
+    src = np.concatenate([e[0] for e in edges]) if edges else np.zeros(0, np.int64)
+    dst = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, np.int64)
+    return components(src, dst, len(exact))
 
 
 def removal_reasons(labels: np.ndarray, exact: np.ndarray) -> list[str | None]:

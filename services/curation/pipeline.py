@@ -14,6 +14,7 @@ another config on the same output is refused rather than mixed. Layout under ``<
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from collections import Counter
@@ -46,7 +47,7 @@ from services.curation.classify import (
     untrainable,
 )
 from services.curation.config import AnnotateConfig, CurationConfig
-from services.curation.dedup import MinHasher, cluster, exact_key, removal_reasons
+from services.curation.dedup import MinHasher, bucket_edges, bucket_keys, components, exact_key
 from services.curation.filters import default_filters
 from services.curation.steps import BatchStep, Filter, Record, drop_counts, run_pipeline
 
@@ -126,28 +127,41 @@ def read_unit(config: dict, part: dict, index: int, out: str) -> dict[str, Any]:
             "dropped": sink.write(out, f"filter-{index:05d}.parquet")}
 
 
-def dedup_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
-    """Cluster every shard's band hashes at once; write who is removed and why."""
+def bucket_unit(config: dict, out: str, n_shards: int, key: str) -> dict[str, Any]:
+    """One dedup bucket: files sharing the value of column ``key`` (the exact hash or one
+    LSH band) across every shard, as edges between global row indices."""
+    store = open_storage(f"{out}/_work")
+    column = np.concatenate([
+        _read_table(store, f"filtered/{_shard(i)}", [key]).column(key).to_numpy()
+        .astype(np.uint64) for i in range(n_shards)] or [np.zeros(0, np.uint64)])
+    src, dst = bucket_edges(column, key != "exact")
+    _write_table(store, f"dedup/edges-{key}.parquet",
+                 pa.table({"src": pa.array(src, pa.int64()), "dst": pa.array(dst, pa.int64())}))
+    return {"edges": len(src)}
+
+
+def cluster_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
+    """Join every bucket's edges into duplicate clusters; write who is removed and why (the
+    first file of a cluster is kept; ``exact_dup`` when its normalized text equals the kept
+    file's, else ``near_dup``)."""
     cfg = _cfg(config)
     store = open_storage(f"{out}/_work")
-    cols = ["exact"] + [f"b{j:02d}" for j in range(cfg.dedup.bands)]
-    tables = [_read_table(store, f"filtered/{_shard(i)}", cols) for i in range(n_shards)]
-    sizes = [t.num_rows for t in tables]
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
-    exact = table.column("exact").to_numpy().astype(np.uint64) if table.num_rows else \
-        np.zeros(0, np.uint64)
-    bands = np.stack([table.column(c).to_numpy().astype(np.uint64) for c in cols[1:]], 1) \
-        if table.num_rows else np.zeros((0, cfg.dedup.bands), np.uint64)
-    reasons = removal_reasons(cluster(bands, exact, cfg.dedup), exact)
+    exact = [_read_table(store, f"filtered/{_shard(i)}", ["exact"]).column("exact").to_numpy()
+             .astype(np.uint64) for i in range(n_shards)]
+    sizes = [len(e) for e in exact]
+    exact_all = np.concatenate(exact or [np.zeros(0, np.uint64)])
+    edges = [_read_table(store, f"dedup/edges-{k}.parquet") for k in bucket_keys(cfg.dedup)]
+    src = np.concatenate([e.column("src").to_numpy() for e in edges] or [np.zeros(0, np.int64)])
+    dst = np.concatenate([e.column("dst").to_numpy() for e in edges] or [np.zeros(0, np.int64)])
+    labels = components(src, dst, len(exact_all))
+    gone = np.flatnonzero(labels != np.arange(len(labels)))
+    reason = np.where(exact_all[gone] == exact_all[labels[gone]], "exact_dup", "near_dup")
     starts = np.cumsum([0] + sizes)
-    shard_of = np.repeat(np.arange(len(sizes)), sizes)
-    removed = [(int(shard_of[g]), int(g - starts[shard_of[g]]), r)
-               for g, r in enumerate(reasons) if r is not None]
+    shard = np.searchsorted(starts, gone, side="right") - 1
     _write_table(store, "dedup/removed.parquet", pa.table({
-        "shard": pa.array([r[0] for r in removed], pa.int32()),
-        "row": pa.array([r[1] for r in removed], pa.int64()),
-        "reason": pa.array([r[2] for r in removed], pa.string())}))
-    return dict(Counter(r[2] for r in removed))
+        "shard": pa.array(shard, pa.int32()), "row": pa.array(gone - starts[shard], pa.int64()),
+        "reason": pa.array(reason.tolist(), pa.string())}))
+    return dict(Counter(reason.tolist()))
 
 
 def _removed(store: Storage, index: int) -> dict[int, str]:
@@ -157,35 +171,73 @@ def _removed(store: Storage, index: int) -> dict[int, str]:
     return dict(zip(sub.column("row").to_pylist(), sub.column("reason").to_pylist(), strict=True))
 
 
-def annotate_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
-    """Annotate a seeded sample of the deduplicated records."""
+def choose_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
+    """Choose the annotation sample: the ``sample_size`` surviving records with the lowest
+    seeded rank (reads only the id column; keeps a heap of the sample, not the corpus)."""
     cfg = _cfg(config)
     store = open_storage(f"{out}/_work")
-    ranked = []
+    heap: list[tuple[int, int, int, str]] = []  # (-rank, shard, row, id): a max-heap
+    k = cfg.annotate.sample_size
     for i in range(n_shards):
         removed = _removed(store, i)
         ids = _read_table(store, f"filtered/{_shard(i)}", ["id"]).column("id").to_pylist()
-        ranked += [(sample_rank(x, cfg.annotate.seed), x, i, r)
-                   for r, x in enumerate(ids) if r not in removed]
-    ranked.sort()
-    chosen = ranked[:cfg.annotate.sample_size]
-    by_shard: dict[int, dict[int, str]] = {}
-    for _, x, i, r in chosen:
-        by_shard.setdefault(i, {})[r] = x
-    texts: dict[str, str] = {}
-    for i, rows in by_shard.items():
-        col = _read_table(store, f"filtered/{_shard(i)}", ["text"]).column("text")
-        texts.update({x: col[r].as_py() for r, x in rows.items()})
-    ids = [x for _, x, _, _ in chosen]
+        for r, x in enumerate(ids):
+            if r in removed:
+                continue
+            item = (-sample_rank(x, cfg.annotate.seed), i, r, x)
+            if len(heap) < k:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+    chosen = sorted(((-neg, i, r, x) for neg, i, r, x in heap))
+    _write_table(store, "annotate/chosen.parquet", pa.table({
+        "rank": pa.array([c[0] for c in chosen], pa.uint64()),
+        "shard": pa.array([c[1] for c in chosen], pa.int32()),
+        "row": pa.array([c[2] for c in chosen], pa.int64()),
+        "id": pa.array([c[3] for c in chosen], pa.string())}))
+    return {"sampled": len(chosen)}
+
+
+def annotate_unit(config: dict, out: str, index: int) -> dict[str, Any]:
+    """Annotate the sample's records of shard ``index`` (the teacher's calls fan out over
+    the workers this way); labels are set later, over the whole sample."""
+    cfg = _cfg(config)
+    store = open_storage(f"{out}/_work")
+    chosen = _read_table(store, "annotate/chosen.parquet")
+    mine = chosen.filter(pc.equal(chosen.column("shard"), index))
+    rows = mine.column("row").to_pylist()
+    col = _read_table(store, f"filtered/{_shard(index)}", ["text"]).column("text") \
+        if rows else None
+    texts = [col[r].as_py() for r in rows] if rows else []
     annotator = make_annotator(cfg.annotate)
-    labels = annotator.annotate([texts[x] for x in ids])
-    keep = [(x, a) for x, a in zip(ids, labels, strict=True) if a is not None]
-    rule = assign_labels([a for _, a in keep], cfg.annotate)
+    got = annotator.annotate(texts) if texts else []
+    keep = [j for j, a in enumerate(got) if a is not None]
+    _write_table(store, f"annotate/{_shard(index)}", pa.table({
+        "rank": pa.array([mine.column("rank")[j].as_py() for j in keep], pa.uint64()),
+        "id": pa.array([mine.column("id")[j].as_py() for j in keep], pa.string()),
+        "text": pa.array([texts[j] for j in keep], pa.string()),
+        "annotation": pa.array([got[j] for j in keep], ANNOTATION)}))
+    return {"stats": dict(annotator.stats), "annotator": annotator.name}
+
+
+def label_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
+    """Gather the shards' annotations in sample order and label them by the config's rule
+    (relative labels need the whole sample's scores)."""
+    cfg = _cfg(config)
+    store = open_storage(f"{out}/_work")
+    table = pa.concat_tables([_read_table(store, f"annotate/{_shard(i)}")
+                              for i in range(n_shards)]) if n_shards else None
+    if table is None or table.num_rows == 0:
+        table = pa.table({"rank": pa.array([], pa.uint64()), "id": pa.array([], pa.string()),
+                          "text": pa.array([], pa.string()),
+                          "annotation": pa.array([], ANNOTATION)})
+    table = table.sort_by("rank")
+    annotations = table.column("annotation").to_pylist()
+    rule = assign_labels(annotations, cfg.annotate)
     _write_table(store, "annotations.parquet", pa.table({
-        "id": pa.array([x for x, _ in keep], pa.string()),
-        "text": pa.array([texts[x] for x, _ in keep], pa.string()),
-        "annotation": pa.array([a for _, a in keep], ANNOTATION)}))
-    return {"sampled": len(ids), **dict(annotator.stats), "annotator": annotator.name, **rule}
+        "id": table.column("id"), "text": table.column("text"),
+        "annotation": pa.array(annotations, ANNOTATION)}))
+    return rule
 
 
 def train_unit(config: dict, out: str) -> dict[str, Any]:
@@ -327,8 +379,15 @@ def commit_unit(config: dict, out: str, n_shards: int) -> dict[str, Any]:
         return [unit_result(state_uri(out, stage), i) for i in ids]
 
     reads = results("read", [f"read-{i:05d}" for i in range(n_shards)])
-    dedup, = results("dedup", ["dedup"])
-    annotations, = results("annotate", ["annotate"])
+    dedup, = results("cluster", ["cluster"])
+    sampled, = results("choose", ["choose"])
+    labels, = results("label", ["label"])
+    stats: Counter[str] = Counter()
+    names = {cfg.annotate.annotator}
+    for r in results("annotate", [f"annotate-{i:05d}" for i in range(n_shards)]):
+        stats.update(r["stats"])
+        names = {r["annotator"]}
+    annotations = {**sampled, **stats, "annotator": names.pop(), **labels}
     metrics, = results("train", ["train"])
     threshold, = results("threshold", ["threshold"])
     scores = results("score", [f"score-{i:05d}" for i in range(n_shards)])
@@ -371,9 +430,10 @@ DOOR_KEYS = {"executor", "workers", "redis", "storage", "log_level"}
 
 
 def config_digest(cfg: CurationConfig) -> str:
+    """What the records depend on: not where they are written, nor how units are run."""
     import hashlib
 
-    data = cfg.model_dump(mode="json", exclude=DOOR_KEYS)
+    data = cfg.model_dump(mode="json", exclude=DOOR_KEYS | {"output"})
     data["annotate"]["teacher"].pop("max_concurrency", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

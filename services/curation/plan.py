@@ -4,8 +4,11 @@ Stages, each a job of units (:mod:`services.curation.pipeline` holds the unit fu
 
     plan       1                 list the input once: the partitions
     read       1 per partition   read → filters → exact hash + MinHash bands
-    dedup      1                 cluster every shard's bands; who is removed
-    annotate   1                 seeded sample of the survivors → annotator
+    dedup      1 per bucket key  files sharing the exact hash / one LSH band, as edges
+    cluster    1                 connected components of the edges; who is removed
+    choose     1                 the seeded sample of the survivors (ids only)
+    annotate   1 per shard       the annotator (an LLM judge) on the shard's sampled records
+    label      1                 labels by the config's rule over the whole sample
     train      1                 embeddings + random forest (or the annotator fallback)
     score      1 per shard       drop duplicates, edu_score for every record
     threshold  1                 the keep rule's score threshold
@@ -28,6 +31,7 @@ from primer.executor.plan import Done, Planner, Step, unit_result
 from primer.runs import CurationRun, nested
 from primer.storage import open_storage
 from services.curation.config import CurationConfig
+from services.curation.dedup import bucket_keys
 from services.curation.pipeline import DOOR_KEYS, CurationError, config_digest, state_uri
 
 MOD = "services.curation.pipeline"
@@ -91,8 +95,14 @@ def _stages(cfg: CurationConfig, out: str) -> Iterator[tuple[str, list[WorkUnit]
     yield "read", [WorkUnit(f"read-{i:05d}", f"{MOD}:read_unit", {**shared, "part": p,
                                                                     "index": i})
                    for i, p in enumerate(parts)]
-    yield "dedup", [WorkUnit("dedup", f"{MOD}:dedup_unit", {**shared, "n_shards": n})]
-    yield "annotate", [WorkUnit("annotate", f"{MOD}:annotate_unit", {**shared, "n_shards": n})]
+    yield "dedup", [WorkUnit(f"bucket-{key}", f"{MOD}:bucket_unit",
+                             {**shared, "n_shards": n, "key": key})
+                    for key in bucket_keys(cfg.dedup)]
+    yield "cluster", [WorkUnit("cluster", f"{MOD}:cluster_unit", {**shared, "n_shards": n})]
+    yield "choose", [WorkUnit("choose", f"{MOD}:choose_unit", {**shared, "n_shards": n})]
+    yield "annotate", [WorkUnit(f"annotate-{i:05d}", f"{MOD}:annotate_unit",
+                                {**shared, "index": i}) for i in range(n)]
+    yield "label", [WorkUnit("label", f"{MOD}:label_unit", {**shared, "n_shards": n})]
     yield "train", [WorkUnit("train", f"{MOD}:train_unit", shared)]
     yield "score", [WorkUnit(f"score-{i:05d}", f"{MOD}:score_unit", {**shared, "index": i})
                     for i in range(n)]

@@ -39,7 +39,7 @@ from primer.storage import open_storage
 from services.generation.batch import SCHEMAS, shard_name
 from services.generation.config import GenerateConfig
 from services.generation.neardup import NearDupIndex
-from services.generation.taxonomy import KINDS, load_taxonomy
+from services.generation.taxonomy import load_taxonomy
 
 UNIT_FN = "services.generation.batch:generate_batch"
 COMMIT_FN = "services.generation.run:commit_unit"
@@ -151,10 +151,16 @@ def commit_unit(kind: str, count: int, output: str, stop: int, teacher: dict[str
                 "teacher": config.teacher.model, "usage": dict(usage),
                 "selection": "first `count` valid records of the seeded spec stream"}
     manifest = commit_dataset(output, _publish(output, kind, selection),
-                              Producer(f"generate-{kind}", config_hash(config)),
+                              Producer(f"generate-{kind}", producer_hash(config)),
                               selection.drops, selection.tokens, metadata)
     return {"rows": manifest.rows, "tokens": manifest.tokens,
             "drop_counts": manifest.drop_counts, "manifest": open_storage(output).url(MANIFEST)}
+
+
+def producer_hash(config: GenerateConfig) -> str:
+    """The config's digest without where the run keeps its teacher cache (its own output)."""
+    return config_hash(config.model_copy(update={
+        "teacher": config.teacher.model_copy(update={"cache_uri": None})}))
 
 
 #: What the manifest sums of the teacher's usage: what the records cost, not how the run

@@ -834,8 +834,8 @@ def test_operator_children_get_their_components_s3_user(rendered):
     (Secrets the chart creates), from the env the chart gives the operator."""
     from operators.config import OperatorConfig
     from operators.evaluation import evaluation_job_for
-    from operators.specs import EvaluationSpec, TrainingSpec
     from operators.training import pytorchjob_for
+    from primer.runs import EvaluationRun, TrainingRun
 
     docs = rendered["defaults"]
     operator_env = {k: e["value"] for k, e in
@@ -850,8 +850,8 @@ def test_operator_children_get_their_components_s3_user(rendered):
         os.environ.update(saved)
     examples = {p.stem: yaml.safe_load(p.read_text())["spec"]
                 for p in (CHART / "examples").glob("*.yaml")}
-    job = evaluation_job_for(EvaluationSpec(**examples["evaluationrun"]), "e1", NS, config)
-    train = pytorchjob_for(TrainingSpec(**examples["trainingrun"]), "t1", NS, config)
+    job = evaluation_job_for(EvaluationRun(**examples["evaluationrun"]), "e1", NS, config)
+    train = pytorchjob_for(TrainingRun(**examples["trainingrun"]), "t1", NS, config)
     secrets = set(by_kind(docs, "Secret"))
     assert _secret_refs(job["spec"]["template"]["spec"]) == {"rel-primer-s3-evaluation"}
     for replica in train["spec"]["pytorchReplicaSpecs"].values():

@@ -3,11 +3,6 @@ units (real Redis); status follows the children; deletion removes children and f
 
 from __future__ import annotations
 
-import json
-
-import redis
-
-from operators.units import GENERATION_UNIT_FN
 from tests.charts.k8s_schemas import validate
 from tests.operators.conftest import NS, wait_for
 
@@ -43,37 +38,6 @@ def test_trainingrun_becomes_an_owned_pytorchjob_and_follows_it(cluster, operato
     cluster.delete(GV, "trainingruns", "tr1")
     wait_for(lambda: cluster.get(GV, "trainingruns", "tr1") is None, "finalizer released")
     assert cluster.get("kubeflow.org/v1", "pytorchjobs", "tr1") is None
-
-
-def test_generationrun_enqueues_its_units_and_deleting_it_takes_them_back(
-        cluster, operator, redis_url):
-    queue = redis.Redis.from_url(redis_url)
-    queue.delete("generation")
-    cluster.create(GV, "generationruns", run("GenerationRun", "gen1", {
-        "kind": "exercises", "count": 5, "batchSize": 2, "output": "s3://bkt/gen1",
-        "teacher": {"url": "http://teacher:8000/v1", "model": "m"}}))
-    status = wait_for(lambda: (cluster.get(GV, "generationruns", "gen1").get("status") or {}
-                               ).get("units"), "units sent")
-    assert status == {"done": 0, "total": 4}  # ceil(5 × 1.25) = 7 specs in batches of 2
-    messages = [json.loads(m) for m in queue.lrange("generation", 0, -1)]
-    assert {m["headers"]["task"] for m in messages} == {"primer.run_unit"}
-    assert sorted(m["headers"]["id"] for m in messages) == [
-        f"{NS}.gen1.uid-gen1.exercises-00000000{i}" for i in (0, 2, 4, 6)]
-
-    cluster.delete(GV, "generationruns", "gen1")
-    wait_for(lambda: cluster.get(GV, "generationruns", "gen1") is None, "finalizer released")
-    assert queue.llen("generation") == 0  # nothing of the deleted run is left to run
-
-
-def test_generation_units_call_the_generation_function():
-    from operators.specs import GenerationSpec
-    from operators.units import generation_units
-
-    units = generation_units(GenerationSpec(kind="textbooks", count=3, output="s3://bkt/o",
-                                            batchSize=2), teacher_url="http://t/v1")
-    assert [u.id for u in units] == ["textbooks-000000000", "textbooks-000000002"]
-    assert {u.fn for u in units} == {GENERATION_UNIT_FN}
-    assert units[0].args["teacher"]["cache_uri"] == "s3://bkt/o/_work/teacher-cache"
 
 
 def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):

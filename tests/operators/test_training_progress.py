@@ -3,8 +3,8 @@ checkpoint gets an EvaluationRun (pure functions; a local folder stands in for S
 
 from __future__ import annotations
 
-from operators.specs import TrainingSpec
 from operators.training import evaluation_run_for, latest_checkpoint, steps_to_evaluate
+from primer.runs import TrainingRun
 from tests.operators.test_crds import validator
 
 
@@ -22,7 +22,7 @@ def test_evaluate_every_creates_one_valid_evaluationrun_per_new_checkpoint():
     assert steps_to_evaluate(4000, 2000, [2000]) == [4000]
     assert steps_to_evaluate(4000, 2000, [2000, 4000]) == []
     assert steps_to_evaluate(3000, 2000, []) == []
-    spec = TrainingSpec(data="s3://bkt/d", output="s3://bkt/runs/r1", evaluateEvery=2000)
+    spec = TrainingRun(data="s3://bkt/d", output="s3://bkt/runs/r1", evaluateEvery=2000)
     run = evaluation_run_for(spec, "r1", "primer", 4000)
     assert not list(validator("EvaluationRun").iter_errors(run))
     assert run["spec"]["checkpoint"] == "s3://bkt/runs/r1/checkpoints/step-4000"

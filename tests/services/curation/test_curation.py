@@ -211,8 +211,8 @@ def test_killed_run_resumes_and_gives_the_same_output(reference, src, tmp_path):
     assert not (out / "_manifest.json").exists() and len(done_before) < 7
     stages = []
     report = pipeline.run(cfg, progress=False, on_stage=stages.append)
-    assert stages == ["read", "dedup", "annotate", "train", "score", "threshold", "select",
-                      "commit"]
+    assert stages == ["read", "dedup", "cluster", "choose", "annotate", "label", "train",
+                      "score", "threshold", "select", "commit"]
     assert _rows(out) == pytest.approx(_rows(reference[0]), abs=1e-5)
     assert open_dataset(str(out)).manifest.drop_counts == \
         open_dataset(str(reference[0])).manifest.drop_counts
