@@ -13,8 +13,6 @@ import datetime
 import functools
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from services.gateway.config import GatewayConfig
@@ -81,6 +79,9 @@ class ClusterRuns:
         return runs[offset:offset + limit]
 
     def _call(self, action: str, what: str, request):
+        from kubernetes import config
+        from kubernetes.client.exceptions import ApiException
+
         try:
             return request(self._api())
         except ApiException as e:
@@ -120,8 +121,12 @@ def run_of(component: str, obj: dict[str, Any]) -> dict[str, Any]:
         "error": status.get("message") if phase == "Failed" else None}
 
 
-def _objects(api_url: str | None) -> client.CustomObjectsApi:
+def _objects(api_url: str | None):
     """The API at ``api_url`` (no auth), else the in-cluster service account's."""
+    # Imported on first use: embedded mode never needs the client, and the client reads
+    # KUBECONFIG once, when it is imported (a test's later setting would be missed).
+    from kubernetes import client, config
+
     configuration = client.Configuration()
     if api_url:
         configuration.host = api_url.rstrip("/")
