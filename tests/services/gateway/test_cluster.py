@@ -8,6 +8,7 @@ import pytest
 from primer.runs import EvaluationRun, GenerationRun
 from services.gateway.app import create_app
 from tests.operators.conftest import NS, Cluster
+from tests.operators.test_crds import validator
 from tests.servers import free_port
 from tests.services.gateway.conftest import TEACHER, gateway_config, serve
 from tests.services.gateway.test_api import http
@@ -41,6 +42,7 @@ def test_a_run_is_a_custom_resource_and_its_status_is_the_runs(cluster, redis_ur
         out = f"s3://primer/data/runs/{name}/generation"
         cr = cluster.get(API, "generationruns", name)
         assert cr["kind"] == "GenerationRun" and cr["metadata"]["namespace"] == NS
+        validator("GenerationRun").validate(cr)  # the CRD's schema (kmock checks none)
         # the CR's spec is the same model, camelCase on the wire, output resolved
         assert GenerationRun.model_validate(cr["spec"]) == GenerationRun(
             kind="exercises", count=40, batch_size=8, output=out,
@@ -70,6 +72,7 @@ def test_a_run_is_a_custom_resource_and_its_status_is_the_runs(cluster, redis_ur
             "benchmarks": ["humaneval"], "samples": 5})
         assert status == 201, ev
         cr = cluster.get(API, "evaluationruns", ev["id"])
+        validator("EvaluationRun").validate(cr)
         assert EvaluationRun.model_validate(cr["spec"]).model_dump() == EvaluationRun(
             checkpoint="s3://primer/models/phi", benchmarks=["humaneval"], samples=5,
             output=f"s3://primer/data/runs/{ev['id']}/evaluation").model_dump()
@@ -108,6 +111,7 @@ def test_primer_runs_reads_the_cluster_as_it_reads_embedded_mode(cluster, redis_
         run = printed(sent.output)
         assert run["phase"] == "Pending" and run["component"] == "curation"
         cr = cluster.get(API, "curationruns", run["id"])
+        validator("CurationRun").validate(cr)
         assert cr["spec"] == {"input": "s3://primer/data/raw", "keepTop": 0.2,
                               "config": {"classify.n_estimators": 10},
                               "output": f"s3://primer/data/runs/{run['id']}/curation"}
