@@ -20,11 +20,15 @@ from primer.cli import build_app
 from primer.executor import completed_ids, read_marker
 from primer.runs import CurationRun, GenerationRun
 from primer.storage import open_storage
+from services.gateway.app import create_app
+from services.gateway.config import COMPONENTS, GatewayConfig
 from tests.openai_server import OpenAIServer
 from tests.operators.conftest import Cluster, run_operator, wait_for
 from tests.operators.test_operator import GV, run
 from tests.primer.test_executor import celery_workers
 from tests.services.curation import corpus
+from tests.services.gateway.conftest import serve
+from tests.services.gateway.test_api import http
 from tests.services.generation.teacher_responder import responder
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -76,6 +80,24 @@ def operator(plane: dict, plural: str, kind: str, name: str, spec: dict) -> dict
     return status
 
 
+def gateway(plane: dict, monkeypatch, body: dict) -> str:
+    """POST ``body`` to a gateway in embedded mode; its output once the run has succeeded."""
+    for k, v in plane["env"].items():  # the gateway reads and plans on S3
+        monkeypatch.setenv(k, v)
+    config = GatewayConfig(
+        redis_url=plane["redis_url"], storage_root=f"s3://{plane['bucket']}/gateway",
+        input_roots=(str(plane["src"]),), endpoints=(plane["teacher"].base_url,),
+        queues={c: plane["queue"] for c in COMPONENTS}, reconcile_seconds=0.2, rate_limit=0)
+    with serve(create_app(config)) as url:
+        status, posted, _ = http("POST", f"{url}/v1/runs", body)
+        assert status == 201, posted
+        found = wait_for(lambda: (lambda r: r if r["phase"] in ("Succeeded", "Failed")
+                                  else None)(http("GET", f"{url}/v1/runs/{posted['id']}")[1]),
+                         f"gateway run {posted['id']} finished", timeout=600)
+    assert found["phase"] == "Succeeded", found
+    return found["output"]
+
+
 def curation_spec(plane: dict, output: str) -> dict[str, Any]:
     spec = CurationRun(input=str(plane["src"]), output=output, min_score=0.5,
                        config=CURATION)
@@ -125,11 +147,15 @@ def test_one_curation_run_is_the_same_whoever_starts_it(plane, monkeypatch):
     curate_by_cli(plane, monkeypatch, f"{base}/cli")
     operator(plane, "curationruns", "CurationRun", "cur1",
              curation_spec(plane, f"{base}/operator"))
+    spec = curation_spec(plane, "unused")
+    spec.pop("output")
+    outputs = {"cli": f"{base}/cli", "operator": f"{base}/operator",
+               "gateway": gateway(plane, monkeypatch, {"component": "curation", **spec})}
     reference = manifest(f"{base}/cli")
     assert reference["rows"] > 0
-    assert manifest(f"{base}/operator") == reference
-    for door in ("cli", "operator"):
-        seen = stage_hosts(f"{base}/{door}", ["read", "score", "select"])
+    assert manifest(outputs["operator"]) == manifest(outputs["gateway"]) == reference
+    for door, output in outputs.items():
+        seen = stage_hosts(output, ["read", "score", "select"])
         assert len(seen) >= 2 and all("@" in h for h in seen), (door, seen)
 
 
@@ -138,10 +164,14 @@ def test_one_generation_run_is_the_same_whoever_starts_it(plane, monkeypatch):
     generate_by_cli(plane, monkeypatch, f"{base}/cli")
     operator(plane, "generationruns", "GenerationRun", "gen1",
              generation_spec(plane, f"{base}/operator"))
+    spec = generation_spec(plane, "unused")
+    spec.pop("output")
+    outputs = {"cli": f"{base}/cli", "operator": f"{base}/operator",
+               "gateway": gateway(plane, monkeypatch, {"component": "generation", **spec})}
     reference = manifest(f"{base}/cli")
     assert reference["rows"] == COUNT
-    assert manifest(f"{base}/operator") == reference
-    for door in ("cli", "operator"):
-        seen = hosts(f"{base}/{door}/_work") - {""}
+    assert manifest(outputs["operator"]) == manifest(outputs["gateway"]) == reference
+    for door, output in outputs.items():
+        seen = hosts(f"{output}/_work") - {""}
         assert len(seen) >= 2 and all("@" in h for h in seen), (door, seen)
 

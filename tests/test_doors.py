@@ -71,12 +71,32 @@ def by_operator(plural: str, spec: dict[str, Any], monkeypatch) -> list[dict[str
     return [u.to_dict() for u in jobs[0].units]
 
 
+def by_gateway(body: dict[str, Any], redis_url: str, tmp_path, monkeypatch,
+               **settings: Any) -> tuple[str, list[dict[str, Any]]]:
+    """(the run's output, the units) of the first pass of an embedded gateway over ``body``."""
+    from services.gateway.app import create_app
+    from tests.services.gateway.conftest import gateway_config, own_db, serve
+    from tests.services.gateway.test_api import http
+
+    jobs: list[Job] = []
+    monkeypatch.setattr("services.gateway.embedded.enqueue",
+                        lambda job, *args: jobs.append(job) or len(job.units))
+    app = create_app(gateway_config(own_db(redis_url, 10), tmp_path, endpoints=(TEACHER,),
+                                    **settings))  # passes driven by hand
+    with serve(app) as url:
+        status, run, _ = http("POST", f"{url}/v1/runs", body)
+        assert status == 201, run
+        app.state.runs.reconciler.pass_once()
+    return run["output"], [u.to_dict() for u in jobs[0].units]
+
+
 def by_planner(kind: str, spec) -> list[dict[str, Any]]:
     plan = planner(kind)
     return [u.to_dict() for u in plan.next(plan.resolve(spec)).job.units]
 
 
-def test_a_generation_run_gets_the_same_units_from_every_door(s3_env, monkeypatch):
+def test_a_generation_run_gets_the_same_units_from_every_door(s3_env, redis_url, tmp_path,
+                                                              monkeypatch):
     output = f"{s3_env}/gen"
     spec = GenerationRun(kind="exercises", count=10, output=output, batch_size=4,
                          teacher={"url": TEACHER, "model": "m"})
@@ -91,9 +111,16 @@ def test_a_generation_run_gets_the_same_units_from_every_door(s3_env, monkeypatc
                            monkeypatch)
     assert cli == expected
     assert operator == expected
+    # The gateway picks the output (runs/<id>/…): the planner's units for that output.
+    body = {"component": "generation", **spec.model_dump(by_alias=True, exclude_none=True)}
+    body["output"] = "gen"
+    out, gateway = by_gateway(body, redis_url, tmp_path, monkeypatch, storage_root=s3_env)
+    assert gateway == by_planner("generation", spec.model_copy(update={"output": out}))
+    assert gateway[0]["args"]["sandbox"]["timeout_s"] == 5.0
 
 
-def test_a_curation_run_gets_the_same_units_from_every_door(s3_env, tmp_path, monkeypatch):
+def test_a_curation_run_gets_the_same_units_from_every_door(s3_env, redis_url, tmp_path,
+                                                            monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.py").write_text("def f(x):\n    return x + 1\n")
@@ -109,3 +136,8 @@ def test_a_curation_run_gets_the_same_units_from_every_door(s3_env, tmp_path, mo
                            monkeypatch)
     assert cli == expected
     assert operator == expected
+    body = {"component": "curation", **spec.model_dump(by_alias=True, exclude_none=True)}
+    body["output"] = "cur"
+    out, gateway = by_gateway(body, redis_url, tmp_path, monkeypatch, storage_root=s3_env,
+                              input_roots=(str(src),))
+    assert gateway == by_planner("curation", spec.model_copy(update={"output": out}))

@@ -1,7 +1,8 @@
-"""The gateway: an HTTP API to submit and watch runs in cluster mode.
+"""The gateway: an HTTP API to submit and watch runs.
 
-``app.py`` (FastAPI, ``uvicorn services.gateway.app:app``) stores run records in Redis and
-enqueues each run as one ``primer.run_unit`` task whose function is
-:func:`services.gateway.driver.run_command`; a worker executes the same ``primer`` command a
-laptop would. ``cli.py`` is the client: ``primer runs submit|list|get --gateway URL``.
+``app.py`` (FastAPI, ``uvicorn services.gateway.app:app``) takes run specs of
+:mod:`primer.runs`. In embedded mode it drives each run's planner over Celery itself
+(``embedded.py``: records in Redis, a reconciler thread); in cluster mode it creates the
+``primer.dev`` custom resources the operator drives and reads their status (``cluster.py``).
+``cli.py`` is the client: ``primer runs submit|list|get --gateway URL``, the same in both.
 """

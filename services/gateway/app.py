@@ -8,16 +8,18 @@
     GET  /healthz          the process is up;   GET /readyz: Redis answers
     GET  /openapi.json     this API's OpenAPI spec (docs at /docs)
 
-A run is one ``primer.run_unit`` task on its component's queue (see ``driver.py``); its
-record lives in Redis (``store.py``). Settings come from the environment (``config.py``).
-Before any body is parsed, ``guard.py`` checks the token, the rate limit and the body size;
-before a run is enqueued, ``policy.py`` checks what it asks for (overrides on its kind's
-allow-list, endpoints the operator listed, inputs and outputs inside the storage roots).
+A request body is a run spec of :mod:`primer.runs` (``models.py``). In embedded mode the run
+is a record in Redis that this process's reconciler drives through its component's planner
+(``embedded.py``); in cluster mode it is a custom resource the operator drives
+(``cluster.py``). Settings come from the environment (``config.py``). Before any body is
+parsed, ``guard.py`` checks the token, the rate limit and the body size; before a run is
+started, ``policy.py`` checks what it asks for (config keys on its kind's allow-list,
+endpoints the operator listed, inputs and outputs inside the storage roots).
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -27,30 +29,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
-from primer.executor import WorkUnit
-from primer.executor.celery_app import TASK_NAME, CeleryConfig, make_app
-from primer.progress import units_done
+from primer.runs import Phase, SpecError
 from services.gateway import policy
 from services.gateway.auth import bearer_scheme
-from services.gateway.commands import command
+from services.gateway.cluster import ClusterRuns, ClusterUnavailable
 from services.gateway.config import COMPONENTS, GatewayConfig
-from services.gateway.driver import DRIVER_FN
+from services.gateway.embedded import EmbeddedRuns, NotPlanned
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
-from services.gateway.models import TERMINAL, ErrorBody, Phase, Run, RunList, RunSpec
-from services.gateway.store import RunStore, now
+from services.gateway.models import ErrorBody, Run, RunBody, RunList
+from services.gateway.store import RunStore
 
 RUN_ID = r"^run-[0-9a-f]{12}$"
-ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429, 501, 503)}
 
 
 def create_app(config: GatewayConfig | None = None) -> FastAPI:
     config = config or GatewayConfig.from_env()
     store = RunStore.from_url(config.redis_url)
-    celery = make_app(CeleryConfig(redis_url=config.redis_url))
+    embedded = EmbeddedRuns(store, config) if config.mode == "embedded" else None
+    runs = embedded or ClusterRuns(config)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(store, config))
-    app = FastAPI(title="Primer gateway", version="1",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if embedded is not None:
+            embedded.reconciler.start()
+        yield
+        if embedded is not None:
+            embedded.reconciler.stop()
+
+    app = FastAPI(title="Primer gateway", version="1", lifespan=lifespan,
                   description="Submit and watch curation, generation and evaluation runs.")
     limiter = RateLimiter(store.client, config.rate_limit) if config.rate_limit else None
     app.add_middleware(Guard, config=config, limiter=limiter)
@@ -80,27 +90,27 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         return JSONResponse({"error": f"the run store (Redis) is unavailable: {exc}",
                              "fields": []}, 503)
 
+    @app.exception_handler(ClusterUnavailable)
+    async def _cluster_down(_: Request, exc: ClusterUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"the Kubernetes API is unavailable: {exc}",
+                             "fields": []}, 503)
+
     @app.post("/v1/runs", status_code=201, response_model=Run, dependencies=auth,
               responses=ERRORS, summary="Submit a run")
-    def submit(spec: RunSpec, response: Response) -> dict[str, Any]:
-        if problems := policy.check(spec, config):
+    def submit(body: RunBody, response: Response) -> dict[str, Any]:
+        if problems := policy.check(body, config):
             raise RunRefused(problems)
         run_id = f"run-{uuid.uuid4().hex[:12]}"
-        output = policy.run_output(config, run_id, spec)
-        argv = command(spec, output)
-        queue = config.queues[spec.component]
-        task_id = str(uuid.uuid4())
-        record = {"id": run_id, "component": spec.component, "phase": "Pending",
-                  "spec": spec.model_dump(mode="json"), "command": ["primer", *argv],
-                  "queue": queue, "task_id": task_id, "output": output,
-                  "created_at": now(), "progress": {"units_done": 0, "detail": "queued"}}
-        store.create(record, time.time())  # before the task exists, so the worker finds it
-        unit = WorkUnit(run_id, DRIVER_FN, {"run_id": run_id, "component": spec.component,
-                                            "argv": argv, "output": output,
-                                            "redis_url": config.redis_url})
-        celery.send_task(TASK_NAME, kwargs={"unit": unit.to_dict(), "job": f"gateway-{run_id}",
-                                            "state_uri": output.rstrip("/") + "/_work/gateway"},
-                         queue=queue, task_id=task_id)
+        try:
+            record = runs.submit(run_id, body, policy.run_output(config, run_id, body))
+        except NotPlanned as exc:
+            raise HTTPException(501, str(exc)) from None
+        except (ClusterUnavailable, redis.RedisError):
+            raise
+        except SpecError as exc:
+            raise RunRefused([("body", str(exc))]) from None
+        except (ValueError, RuntimeError) as exc:  # the component refuses the config
+            raise RunRefused([("config", f"{type(exc).__name__}: {exc}")]) from None
         response.headers["Location"] = f"/v1/runs/{run_id}"
         return record
 
@@ -110,36 +120,18 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
                   phase: Phase | None = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:
-        runs = [refresh(r) for r in store.list(limit, offset)]
-        runs = [r for r in runs if (component is None or r["component"] == component)
-                and (phase is None or r["phase"] == phase)]
-        return {"runs": runs, "count": len(runs)}
+        found = [r for r in runs.list(limit, offset)
+                 if (component is None or r["component"] == component)
+                 and (phase is None or r["phase"] == phase)]
+        return {"runs": found, "count": len(found)}
 
     @app.get("/v1/runs/{run_id}", response_model=Run, dependencies=auth,
              responses={**ERRORS, 404: {"model": ErrorBody}}, summary="One run")
     def get_run(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
-        record = store.get(run_id)
+        record = runs.get(run_id)
         if record is None:
             raise HTTPException(404, f"no run with id {run_id!r}")
-        return refresh(record)
-
-    def refresh(record: dict[str, Any]) -> dict[str, Any]:
-        """Fold in what happened since the record was written: a task that failed before the
-        driver could say so (delivery limit, import error), and the markers written so far."""
-        if record["phase"] in TERMINAL:
-            return record
-        meta = celery.backend.get_task_meta(record["task_id"])
-        if meta.get("status") == "FAILURE" and record["phase"] != "Failed":
-            changes = {"phase": "Failed", "finished_at": now(),
-                       "error": f"the task failed: {meta.get('result')!r}"}
-            store.update(record["id"], **changes)
-            return {**record, **changes}
-        try:
-            done = {"units_done": units_done(record["output"]), "detail": "completion markers"}
-        except Exception as exc:  # storage unreachable from here: show, do not fail the GET
-            done = {**record["progress"], "detail": f"cannot read markers: {exc}"}
-        store.update(record["id"], progress=done)
-        return {**record, "progress": done}
+        return record
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
@@ -160,12 +152,13 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
                                  f"{exc}", "fields": []}, 503)
         return JSONResponse({"status": "ready"})
 
-    app.state.store, app.state.celery = store, celery
+    app.state.store, app.state.runs = store, runs
     return app
 
 
 class RunRefused(Exception):
-    """A valid spec that asks for what this gateway does not allow (``policy.check``)."""
+    """A valid spec that asks for what this gateway does not allow (``policy.check``), or
+    whose config its component refuses."""
 
     def __init__(self, problems: list[tuple[str, str]]):
         super().__init__(problems)

@@ -1,15 +1,17 @@
-"""``primer runs``: submit and watch runs through the gateway (cluster mode).
+"""``primer runs``: submit and watch runs through the gateway (either of its modes).
 
     export PRIMER_GATEWAY_URL=http://primer-gateway PRIMER_GATEWAY_TOKEN=…   # token: if on
-    primer runs submit generation kind=textbooks count=1000 --generation.batch_size=32
-    primer runs submit evaluation benchmarks=[humaneval] model=phi \\
-        api_base=http://primer-teacher/v1          # an endpoint the gateway allows
+    primer runs submit generation kind=textbooks count=1000 batch_size=32 \
+        teacher.url=http://primer-teacher/v1        # an endpoint the gateway allows
+    primer runs submit curation input=s3://primer/raw --classify.n_estimators=50
+    primer runs submit evaluation checkpoint=s3://primer/models/phi benchmarks=[humaneval]
     primer runs list --phase Running
     primer runs get run-0123456789ab --wait      # exit 1 if it failed
 
-``key=value`` sets a field of the run spec (values parsed as YAML: ``count=10`` is a
-number); ``--section.key=value`` is a config override for the component, as in local mode,
-limited to the run kind's allow-list (``services/gateway/policy.py``).
+``key=value`` sets a field of the run spec (:mod:`primer.runs`; values parsed as YAML:
+``count=10`` is a number, ``teacher.url=…`` a nested field); ``--section.key=value`` sets the
+component's config, as in local mode, limited to the run kind's allow-list
+(``services/gateway/policy.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import typer
 import yaml
 
 from primer.cli import OVERRIDES
+from primer.runs import nested
 
-app = typer.Typer(help="Submit and watch runs through the gateway (cluster mode).",
+app = typer.Typer(help="Submit and watch runs through the gateway.",
                   no_args_is_help=True)
 
 Gateway = Annotated[str, typer.Option(
@@ -71,17 +74,18 @@ def _fail(exc: Exception) -> None:
 
 
 def parse_spec(component: str, args: list[str]) -> dict[str, Any]:
-    """``key=value`` → spec fields, ``--a.b=value`` → overrides (values parsed as YAML)."""
-    spec: dict[str, Any] = {"component": component}
-    overrides: dict[str, Any] = {}
+    """``key=value`` → spec fields, ``--a.b=value`` → ``config`` (values parsed as YAML)."""
+    fields: dict[str, Any] = {}
+    config: dict[str, Any] = {}
     for arg in args:
         key, sep, raw = arg.removeprefix("--").partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{arg!r}: use key=value or --section.key=value")
         value = yaml.safe_load(raw) if raw.strip() else raw
-        (overrides if arg.startswith("--") else spec)[key] = value
-    if overrides:
-        spec["overrides"] = overrides
+        (config if arg.startswith("--") else fields)[key] = value
+    spec: dict[str, Any] = {"component": component, **nested(fields)}
+    if config:
+        spec["config"] = config
     return spec
 
 
@@ -101,7 +105,7 @@ def list_runs(gateway: Gateway,
               component: Annotated[str | None, typer.Option(help="Only this component.")] = None,
               phase: Annotated[str | None, typer.Option(help="Only this phase.")] = None,
               limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
-    """List runs, newest first: id, component, phase, units done."""
+    """List runs, newest first: id, component, phase, units done of the current step."""
     query = {k: v for k, v in {"component": component, "phase": phase, "limit": limit}.items()
              if v is not None}
     try:
@@ -110,7 +114,8 @@ def list_runs(gateway: Gateway,
         _fail(exc)
     for run in runs:
         typer.echo(f"{run['id']}  {run['component']:<10}  {run['phase']:<9}  "
-                   f"{run['progress']['units_done']} units  {run['created_at']}")
+                   f"{run['progress']['units_done']}/{run['progress']['units_total']} units  "
+                   f"{run['created_at']}")
 
 
 @app.command("get")

@@ -1,15 +1,16 @@
-"""What a submitted run may ask for: the checks between a valid spec and an enqueued task.
+"""What a submitted run may ask for: the checks between a valid spec and a started run.
 
-A run spec is a request from the network to execute a ``primer`` command on a worker that
-holds credentials (S3, Redis, the teacher's API key). So, beyond the spec's own types
-(``models.py``), a run may only:
+A run spec is a request from the network to run units on workers that hold credentials (S3,
+Redis, the teacher's API key). So, beyond the spec's own types (:mod:`primer.runs`), a run may
+only:
 
-- set the config overrides on its run kind's allow-list (:data:`ALLOWED_OVERRIDES`): never
-  the sandbox, an environment-variable name, an endpoint, a storage URI or a path;
-- name an OpenAI-compatible endpoint (``teacher_url``, ``api_base``) the operator listed
-  (``GatewayConfig.endpoints``); its key is always the worker's own;
-- read inputs under the configured roots (``GatewayConfig.input_roots`` and the storage
-  root), and write only under its own prefix, ``<storage root>/runs/<run id>/``.
+- set the ``config`` keys on its run kind's allow-list (:data:`ALLOWED_CONFIG`): never the
+  sandbox, an environment-variable name, an endpoint, a storage URI or a path;
+- name an OpenAI-compatible endpoint (``teacher.url``) the operator listed
+  (``GatewayConfig.endpoints``); its key is always the workers' own;
+- read inputs (``input``, ``checkpoint``) under the configured roots
+  (``GatewayConfig.input_roots`` and the storage root), and write only under its own prefix,
+  ``<storage root>/runs/<run id>/``.
 
 Every problem is reported at once, as ``(field, message)`` pairs the API turns into a 422.
 """
@@ -22,9 +23,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 from services.gateway.config import GatewayConfig
-from services.gateway.models import CurationSpec, EvaluationSpec, GenerationSpec
+from services.gateway.models import Body, CurationBody, EvaluationBody, GenerationBody
 
-Spec = CurationSpec | GenerationSpec | EvaluationSpec
 Problem = tuple[str, str]
 
 _TEACHER_LIMITS = ("model", "max_concurrency", "requests_per_minute", "tokens_per_minute",
@@ -35,14 +35,12 @@ _GENERATION = ("generation.seed", "generation.batch_size", "generation.overgener
                "generation.near_dup_bands", "generation.near_dup_rows",
                "generation.allow_fewer", *(f"teacher.{k}" for k in _TEACHER_LIMITS),
                "log_level")
-_BENCHMARKS = ("benchmarks.humaneval_prompt", "benchmarks.mbpp_prompt",
-               "benchmarks.mbpp_variant", "benchmarks.mbpp_split", "limit", "ks", "log_level")
 
-#: Overrides (``section.key``) each run kind may set; everything else is refused. The keys
+#: Config keys (``section.key``) each run kind may set; everything else is refused. The keys
 #: that decide *where* a run reads, writes or sends, and *how* it is contained, are absent
 #: on purpose: ``sandbox.*``, ``*_env``, ``*.url``/``*.api_base``/``*_uri``/``*_path``,
 #: ``storage.*``, ``redis.*``, ``executor``, ``workers`` and encoders loaded from a path.
-ALLOWED_OVERRIDES: dict[str, frozenset[str]] = {
+ALLOWED_CONFIG: dict[str, frozenset[str]] = {
     "curation": frozenset((
         "reader.files_per_unit", "reader.max_bytes", "reader.text_column", "reader.hf_split",
         "reader.hf_data_dir", "reader.hf_limit", "reader.hf_records_per_unit", "reader.limit",
@@ -59,12 +57,6 @@ ALLOWED_OVERRIDES: dict[str, frozenset[str]] = {
                                        "generation.min_words")),
     "generation exercises": frozenset((*_GENERATION, "generation.max_tokens_exercise",
                                        "generation.sandbox_workers")),
-    "evaluation run": frozenset((
-        *_BENCHMARKS, "generation.n_samples", "generation.temperature", "generation.top_p",
-        "generation.max_new_tokens", "generation.batch_size", "generation.seed",
-        "generation.device", "generation.dtype", "generation.concurrency",
-        "generation.retries", "generation.request_timeout_s")),
-    "evaluation score": frozenset(_BENCHMARKS),
 }
 
 #: Whatever the list above says, keys like these are never a user's to set (a test checks
@@ -73,45 +65,38 @@ NEVER = re.compile(r"(^|\.)(sandbox|storage|redis)\.|_env$|(^|\.)(url|api_base|e
                    r"workers|encoder)$|_(uri|url|path)$")
 
 
-def run_kind(spec: Spec) -> str:
-    if isinstance(spec, GenerationSpec):
-        return f"generation {spec.kind}"
-    if isinstance(spec, EvaluationSpec):
-        return "evaluation score" if spec.samples is not None else "evaluation run"
-    return "curation"
+def run_kind(spec: CurationBody | GenerationBody) -> str:
+    return f"generation {spec.kind}" if isinstance(spec, GenerationBody) else "curation"
 
 
-def check(spec: Spec, config: GatewayConfig) -> list[Problem]:
+def check(spec: Body, config: GatewayConfig) -> list[Problem]:
     """Every reason to refuse ``spec`` under ``config``; empty when it may run."""
-    problems = _overrides(spec)
-    if isinstance(spec, GenerationSpec) and spec.teacher_url is not None:
-        problems += _endpoint("teacher_url", spec.teacher_url, config)
+    problems: list[Problem] = []
     roots = (config.storage_root, *config.input_roots)
-    if isinstance(spec, CurationSpec) and spec.input is not None:
+    if isinstance(spec, EvaluationBody):
+        problems += _input("checkpoint", spec.checkpoint, roots)
+    else:
+        problems += _config(spec)
+    if isinstance(spec, GenerationBody) and spec.teacher.url is not None:
+        problems += _endpoint("teacher.url", spec.teacher.url, config)
+    if isinstance(spec, CurationBody) and spec.input is not None:
         problems += _input("input", spec.input, roots, hub=True)
-    if isinstance(spec, EvaluationSpec):
-        if spec.api_base is not None:
-            problems += _endpoint("api_base", spec.api_base, config)
-        elif spec.model is not None:  # no endpoint: the model is a checkpoint folder
-            problems += _input("model", spec.model, roots)
-        if spec.samples is not None:
-            problems += _input("samples", spec.samples, roots)
     if spec.output is not None:
         problems += _output(spec.output)
     return problems
 
 
-def run_output(config: GatewayConfig, run_id: str, spec: Spec) -> str:
+def run_output(config: GatewayConfig, run_id: str, spec: Body) -> str:
     """Where the run writes: ``<root>/runs/<run id>/<output or component>`` (checked first)."""
     sub = posixpath.normpath(spec.output) if spec.output is not None else spec.component
     return f"{config.storage_root.rstrip('/')}/runs/{run_id}/{sub}"
 
 
-def _overrides(spec: Spec) -> list[Problem]:
+def _config(spec: CurationBody | GenerationBody) -> list[Problem]:
     kind = run_kind(spec)
-    allowed = ALLOWED_OVERRIDES[kind]
-    refused = [key for key in spec.overrides if key not in allowed or NEVER.search(key)]
-    return [(f"overrides.{key}", f"{key!r} is not an override a {kind} run may set (they "
+    allowed = ALLOWED_CONFIG[kind]
+    refused = [key for key in spec.config if key not in allowed or NEVER.search(key)]
+    return [(f"config.{key}", f"{key!r} is not a config key a {kind} run may set (they "
              f"may set: {', '.join(sorted(allowed))})") for key in refused]
 
 

@@ -1,6 +1,7 @@
-"""Run records in Redis: one hash per run (``primer:gateway:run:<id>``, JSON values) and a
-sorted set of run ids by creation time (``primer:gateway:runs``), so every gateway replica
-and every worker sees the same runs."""
+"""Run records in Redis (embedded mode): one hash per run (``primer:gateway:run:<id>``, JSON
+values), a sorted set of run ids by creation time (``primer:gateway:runs``) and the set of
+runs not yet ended (``primer:gateway:active``), so every gateway replica sees the same runs;
+a per-run lock lets one replica at a time reconcile a run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import redis
 
 PREFIX = "primer:gateway"
 INDEX = f"{PREFIX}:runs"
+ACTIVE = f"{PREFIX}:active"
+TERMINAL = ("Succeeded", "Failed")
+# Compare-and-delete: a lock is released only by the holder that took it.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) " \
+           "end return 0"
 
 
 def now() -> str:
@@ -34,6 +40,7 @@ class RunStore:
         with self.client.pipeline() as pipe:
             pipe.hset(self.key(record["id"]), mapping=_encode(record))
             pipe.zadd(INDEX, {record["id"]: created})
+            pipe.sadd(ACTIVE, record["id"])
             pipe.execute()
 
     def get(self, run_id: str) -> dict[str, Any] | None:
@@ -44,6 +51,20 @@ class RunStore:
         key = self.key(run_id)
         if self.client.exists(key):
             self.client.hset(key, mapping=_encode(fields))
+            if fields.get("phase") in TERMINAL:
+                self.client.srem(ACTIVE, run_id)
+
+    def active(self) -> list[str]:
+        """Ids of the runs not yet Succeeded or Failed."""
+        return sorted(m.decode() for m in self.client.smembers(ACTIVE))
+
+    def lock(self, run_id: str, token: str, ttl_s: float) -> bool:
+        """Take the run's lock for ``ttl_s`` (SET NX PX): False when another holder has it."""
+        return bool(self.client.set(f"{PREFIX}:lock:{run_id}", token, nx=True,
+                                    px=max(1, int(ttl_s * 1000))))
+
+    def unlock(self, run_id: str, token: str) -> None:
+        self.client.eval(_RELEASE, 1, f"{PREFIX}:lock:{run_id}", token)
 
     def list(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         """Newest first."""

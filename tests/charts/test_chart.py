@@ -177,8 +177,11 @@ def test_crds_cover_the_operator_rbac(rendered):
 def test_security_defaults(rendered, scenario):
     for owner, spec in pods(rendered[scenario]):
         name = f"{owner['kind']}/{owner['metadata']['name']}"
-        is_operator = owner["metadata"]["name"].endswith("-operator")
-        assert spec["automountServiceAccountToken"] is is_operator, name
+        # Only the operator and a gateway in cluster mode talk to the Kubernetes API.
+        needs_api = owner["metadata"]["name"].endswith("-operator") or (
+            owner["metadata"]["name"].endswith("-gateway") and owner["kind"] == "Deployment"
+            and container_env(owner)["PRIMER_GATEWAY_MODE"]["value"] == "cluster")
+        assert spec["automountServiceAccountToken"] is needs_api, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         for c in spec["containers"]:
@@ -509,6 +512,35 @@ def test_gateway_gets_its_token_from_a_secret_and_the_workers_queues(rendered):
         assert off[f"PRIMER_GATEWAY_QUEUE_{component.upper()}"]["value"] == \
             worker_env["PRIMER_CELERY_QUEUE"]
 
+
+
+def test_the_gateway_in_cluster_mode_may_create_and_read_runs_and_nothing_else(rendered,
+                                                                               tmp_path):
+    docs = rendered["defaults"]  # the operator runs, so the gateway hands runs to it
+    deploy = by_kind(docs, "Deployment")["rel-primer-gateway"]
+    env = container_env(deploy)
+    assert env["PRIMER_GATEWAY_MODE"]["value"] == "cluster"
+    assert env["PRIMER_GATEWAY_NAMESPACE"]["value"] == NS
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "rel-primer-gateway"
+    assert by_kind(docs, "ServiceAccount")["rel-primer-gateway"][
+        "automountServiceAccountToken"] is False  # only the Deployment's pods mount it
+    (rule,) = by_kind(docs, "Role")["rel-primer-gateway"]["rules"]
+    assert rule == {"apiGroups": ["primer.dev"], "verbs": ["create", "get", "list"],
+                    "resources": ["curationruns", "generationruns", "evaluationruns"]}
+    binding = by_kind(docs, "RoleBinding")["rel-primer-gateway"]
+    assert binding["roleRef"]["name"] == "rel-primer-gateway"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-primer-gateway",
+                                    "namespace": NS}]
+    # Without the operator the gateway plans runs itself: no Role, no token.
+    text = run_helm("template", "rel", str(CHART), "--namespace", NS,
+                    values={"operator": {"enabled": False}}, tmp=tmp_path).stdout
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    deploy = by_kind(docs, "Deployment")["rel-primer-gateway"]
+    assert container_env(deploy)["PRIMER_GATEWAY_MODE"]["value"] == "embedded"
+    assert deploy["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "rel-primer-gateway" not in by_kind(docs, "Role")
+    assert "rel-primer-gateway" not in by_kind(docs, "ServiceAccount")
 
 
 def test_gateway_policy_as_rendered_admits_only_the_charts_teacher(rendered, monkeypatch):

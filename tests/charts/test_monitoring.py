@@ -364,9 +364,10 @@ def prometheus_query(base: str, expr: str) -> list[dict[str, Any]]:
 
 def finish_generation_run(base: str, store: RunStore, requests: int, failures: int,
                           latency: float) -> None:
-    """Submit a run, then record what the driver records when it ends (driver.py)."""
+    """Submit a run, then record what the gateway's reconciler records when it ends
+    (services/gateway/embedded.py)."""
     body = json.dumps({"component": "generation", "kind": "exercises", "count": 1,
-                       "teacher_url": "http://teacher:8000/v1"}).encode()
+                       "teacher": {"url": "http://teacher:8000/v1"}}).encode()
     req = urllib.request.Request(f"{base}/v1/runs", body, {"Content-Type": "application/json"},
                                  method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:

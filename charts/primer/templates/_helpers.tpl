@@ -158,6 +158,11 @@ http://{{ include "primer.fullname" . }}-minio.{{ .Release.Namespace }}.svc:9000
 {{ .Values.gateway.auth.existingSecret | default (printf "%s-gateway-token" (include "primer.fullname" .)) }}
 {{- end }}
 
+{{/* The gateway's mode: as set, else cluster when the operator runs (see values.yaml). */}}
+{{- define "primer.gatewayMode" -}}
+{{ .Values.gateway.mode | default (ternary "cluster" "embedded" .Values.operator.enabled) }}
+{{- end }}
+
 {{/* NetworkPolicy egress rule: name resolution through the cluster DNS. */}}
 {{- define "primer.dnsEgress" -}}
 - to:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 import uvicorn
 
 from services.gateway.app import create_app
@@ -39,11 +40,20 @@ TEACHER = "http://teacher:8000/v1"  # the one endpoint test gateways allow unles
 
 def gateway_config(redis_url: str, tmp_path, queue: str | None = None, **kw) -> GatewayConfig:
     """Every component on one fresh queue; runs write under ``tmp_path/data`` and may read
-    under ``tmp_path/inputs``; one allowed teacher endpoint."""
+    under ``tmp_path/inputs``; one allowed teacher endpoint; the reconciler idle unless
+    ``reconcile_seconds`` is given (runs other tests left in Redis are not its business)."""
     queue = queue or f"gw-test-{uuid.uuid4().hex[:8]}"
-    kw = {"input_roots": (str(tmp_path / "inputs"),), "endpoints": (TEACHER,), **kw}
-    return GatewayConfig(redis_url=redis_url, storage_root=str(tmp_path / "data"),
-                         queues={c: queue for c in COMPONENTS}, **kw)
+    kw = {"input_roots": (str(tmp_path / "inputs"),), "endpoints": (TEACHER,),
+          "reconcile_seconds": 3600.0, "storage_root": str(tmp_path / "data"), **kw}
+    return GatewayConfig(redis_url=redis_url, queues={c: queue for c in COMPONENTS}, **kw)
+
+
+def own_db(redis_url: str, db: int) -> str:
+    """``redis_url`` on database ``db``, emptied: a reconciler there sees this test's runs
+    only."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from services.gateway.app import create_app
-from tests.services.gateway.conftest import gateway_config, serve
+from tests.services.gateway.conftest import gateway_config, own_db, serve
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +49,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     ({"component": "generation", "count": 5}, "kind", "required"),
     ({"component": "training"}, "body", "component"),
     ({"component": "curation", "input": "--help"}, "input", "pattern"),
-    ({"component": "curation", "keep_top": 0.2, "min_score": 0.5}, "body",
-     "keep_top or min_score"),
-    ({"component": "evaluation", "benchmarks": ["humaneval"]}, "body",
-     "exactly one of model"),
-    ({"component": "curation", "overrides": {"Bad Key": 1}}, "overrides.Bad Key.[key]",
+    ({"component": "curation", "keepTop": 0.2, "min_score": 0.5}, "body",
+     "keepTop or minScore"),
+    ({"component": "evaluation", "benchmarks": ["humaneval"]}, "checkpoint", "required"),
+    ({"component": "curation", "config": {"Bad Key": 1}}, "config.Bad Key.[key]",
      "pattern"),
     ({"component": "curation", "colour": "red"}, "colour", "not permitted"),
+    ({"component": "generation", "kind": "textbooks", "count": 2,
+      "teacher": {"url": "ftp://x"}}, "teacher.url", "pattern"),
 ])
 def test_a_bad_run_is_a_422_naming_the_field(gateway, body, field, words):
     url, _ = gateway
@@ -66,35 +68,91 @@ def test_a_bad_run_is_a_422_naming_the_field(gateway, body, field, words):
     assert data["error"].startswith("invalid request: ")
 
 
-def test_submit_records_the_run_and_enqueues_one_task(gateway, redis_url):
-    url, config = gateway
+def test_the_reconciler_sends_the_planners_units_of_a_submitted_run(redis_url, tmp_path):
+    """No worker here: the run's first step is on the queue, sent once, as units of the
+    planner's job under the gateway's task ids."""
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.1)
     queue = config.queues["generation"]
-    before = metric(http("GET", f"{url}/metrics")[1], "primer_queue_length", queue=queue)
-    status, run, headers = http("POST", f"{url}/v1/runs", {
-        "component": "generation", "kind": "exercises", "count": 7,
-        "teacher_url": "http://teacher:8000/v1", "overrides": {"generation.batch_size": 4}})
-    assert status == 201, run
-    assert headers["Location"] == f"/v1/runs/{run['id']}"
-    assert run["phase"] == "Pending" and run["queue"] == queue
-    out = f"{config.storage_root}/runs/{run['id']}/generation"
-    assert run["command"] == ["primer", "generate", "exercises", "--count", "7", "--output", out,
-                              "--executor", "local", "--teacher-url", "http://teacher:8000/v1",
-                              "--generation.batch_size=4"]
-    # the task on the queue is the generic unit task, naming the driver by path
-    message = json.loads(redis.Redis.from_url(redis_url).lindex(queue, 0))
-    assert message["headers"]["task"] == "primer.run_unit"
-    assert message["headers"]["id"] == run["task_id"]
-    text = http("GET", f"{url}/metrics")[1]
-    assert metric(text, "primer_queue_length", queue=queue) == before + 1
-    assert metric(text, "primer_runs", component="generation", phase="Pending") >= 1
+    with serve(create_app(config)) as url:
+        before = metric(http("GET", f"{url}/metrics")[1], "primer_queue_length", queue=queue)
+        status, run, headers = http("POST", f"{url}/v1/runs", {
+            "component": "generation", "kind": "exercises", "count": 7, "batchSize": 4,
+            "teacher": {"url": "http://teacher:8000/v1"}, "config": {"generation.seed": 3}})
+        assert status == 201, run
+        assert headers["Location"] == f"/v1/runs/{run['id']}"
+        out = f"{config.storage_root}/runs/{run['id']}/generation"
+        assert run["phase"] == "Pending" and run["queue"] == queue and run["output"] == out
+        assert run["spec"]["teacher"] == {"url": "http://teacher:8000/v1"}
+        assert run["spec"]["batchSize"] == 4 and run["spec"]["output"] == out
+        got = wait_for_phase(url, run["id"], "Running")
+        assert got["job"] == "generate-exercises-round-0" and got["started_at"]
+        total = got["progress"]["units_total"]
+        assert total >= 2 and got["progress"]["units_done"] == 0  # 7 x overgenerate / 4
+        time.sleep(0.5)  # more passes: the step is not sent again
+        client = redis.Redis.from_url(own)
+        ids = [json.loads(m)["headers"]["id"] for m in client.lrange(queue, 0, -1)]
+        assert len(ids) == total == len(set(ids))
+        assert all(i.startswith(f"gateway.{run['id']}.") for i in ids)
+        message = json.loads(client.lindex(queue, 0))
+        assert message["headers"]["task"] == "primer.run_unit"
+        text = http("GET", f"{url}/metrics")[1]
+        assert metric(text, "primer_queue_length", queue=queue) == before + total
+        assert metric(text, "primer_runs", component="generation", phase="Running") == 1
 
-    status, got, _ = http("GET", f"{url}/v1/runs/{run['id']}")
-    assert status == 200 and got["id"] == run["id"] and got["phase"] == "Pending"
-    assert got["progress"]["units_done"] == 0
-    status, listed, _ = http("GET", f"{url}/v1/runs?component=generation&phase=Pending")
-    assert status == 200 and run["id"] in [r["id"] for r in listed["runs"]]
-    status, listed, _ = http("GET", f"{url}/v1/runs?component=curation")
-    assert run["id"] not in [r["id"] for r in listed["runs"]]
+        status, listed, _ = http("GET", f"{url}/v1/runs?component=generation&phase=Running")
+        assert status == 200 and [r["id"] for r in listed["runs"]] == [run["id"]]
+        status, listed, _ = http("GET", f"{url}/v1/runs?component=curation")
+        assert listed["runs"] == []
+
+
+def wait_for_phase(url: str, run_id: str, phase: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = http("GET", f"{url}/v1/runs/{run_id}")[1]
+        if run["phase"] == phase:
+            return run
+        assert time.monotonic() < deadline, f"still {run['phase']}, not {phase}: {run}"
+        time.sleep(0.05)
+
+
+def test_a_config_the_component_refuses_is_a_422_naming_the_key(gateway):
+    url, _ = gateway
+    status, data, _ = http("POST", f"{url}/v1/runs", {
+        "component": "generation", "kind": "textbooks", "count": 2,
+        "config": {"generation.batch_size": "many"}})
+    assert status == 422, data
+    assert "generation.batch_size" in {f["field"]: f["message"] for f in data["fields"]}[
+        "config"], data
+
+
+def test_evaluation_is_not_planned_in_embedded_mode(redis_url, tmp_path):
+    config = gateway_config(redis_url, tmp_path, input_roots=("s3://primer/models",),
+                            storage_root="s3://primer/data")
+    with serve(create_app(config)) as url:
+        status, data, _ = http("POST", f"{url}/v1/runs", {
+            "component": "evaluation", "checkpoint": "s3://primer/models/phi"})
+    assert status == 501, data
+    assert "EvaluationRun in the cluster" in data["error"] and "primer eval" in data["error"]
+
+
+def test_a_run_whose_spec_broke_fails_with_the_field_named(redis_url, tmp_path):
+    """A record whose spec no longer parses (written by an older gateway, say) is failed by
+    the reconciler with the field named, not retried for ever."""
+    from services.gateway.store import RunStore, now
+
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.1)
+    store = RunStore.from_url(own)
+    store.create({"id": "run-0000000000ab", "component": "generation", "phase": "Pending",
+                  "spec": {"kind": "textbooks", "count": 0, "output": str(tmp_path / "o")},
+                  "output": str(tmp_path / "o"), "queue": "nowhere", "job": None,
+                  "created_at": now(), "progress": {}, "stats": {}, "outputs": {},
+                  "error": None}, time.time())
+    with serve(create_app(config)) as url:
+        run = wait_for_phase(url, "run-0000000000ab", "Failed")
+    assert "spec.count" in run["error"] and "greater than or equal to 1" in run["error"]
+    assert run["finished_at"] and store.active() == []
 
 
 def test_unknown_run_and_bad_query_are_clear_4xx(gateway):
@@ -149,9 +207,9 @@ def _latency_and_failures(url: str, store) -> None:
     for i, (requests, seconds) in enumerate([(4, 2.0), (6, 3.0)]):
         status, run, _ = http("POST", f"{url}/v1/runs", {
             "component": "generation", "kind": "textbooks", "count": 2,
-            "teacher_url": "http://teacher:8000/v1"})
+            "teacher": {"url": "http://teacher:8000/v1"}})
         assert status == 201, run
-        # what the driver records when the run ends (see services/gateway/driver.py)
+        # what the reconciler records when the run ends (see services/gateway/embedded.py)
         store.update(run["id"], phase="Succeeded", stats={
             "units_done": 1, "units_failed": i, "teacher_requests": requests,
             "teacher_seconds": seconds, "tokens_generated": 10, "unit_seconds": 9.0})
@@ -159,3 +217,29 @@ def _latency_and_failures(url: str, store) -> None:
     assert metric(text, "primer_teacher_latency_seconds") == pytest.approx(0.5)
     assert metric(text, "primer_teacher_requests", component="generation") >= 10
     assert metric(text, "primer_units_failed", component="generation") >= 1
+
+
+def test_a_run_another_replica_holds_is_left_to_it(redis_url, tmp_path):
+    """Two gateways never tick one run at once: a pass skips a run whose lock is taken, and a
+    lock is released by its holder only."""
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path)  # passes driven by hand below
+    app = create_app(config)
+    store, reconciler = app.state.store, app.state.runs.reconciler
+    queue = config.queues["generation"]
+    with serve(app) as url:
+        status, run, _ = http("POST", f"{url}/v1/runs", {
+            "component": "generation", "kind": "textbooks", "count": 3})
+        assert status == 201, run
+        assert store.lock(run["id"], "other-replica", ttl_s=30)
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Pending"
+        assert redis.Redis.from_url(own).llen(queue) == 0
+        store.unlock(run["id"], "not-the-holder")  # no effect
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Pending"
+        store.unlock(run["id"], "other-replica")
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Running"
+        assert redis.Redis.from_url(own).llen(queue) > 0
+        assert store.lock(run["id"], "next", ttl_s=1)  # the pass released its own lock

@@ -32,8 +32,9 @@ def test_the_api_keeps_its_openapi_contract(redis_url, tmp_path, token):
         @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
-            # The spec cannot state the cross-field rules (model XOR samples, keep_top XOR
-            # min_score), which test_api checks; so "schema-valid data is accepted" is off.
+            # The spec cannot state the cross-field rules (keepTop XOR minScore), the storage
+            # policy or which config values a component accepts, which test_api and
+            # test_security check; so "schema-valid data is accepted" is off.
             case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
 
         check()

@@ -6,15 +6,13 @@ import pytest
 from pydantic import BaseModel
 
 from services.curation.config import CurationConfig
-from services.evaluation.config import EvalConfig
 from services.gateway.config import GatewayConfig
-from services.gateway.models import CurationSpec
-from services.gateway.policy import ALLOWED_OVERRIDES, NEVER, check, location
+from services.gateway.models import CurationBody, EvaluationBody
+from services.gateway.policy import ALLOWED_CONFIG, NEVER, check, location
 from services.generation.config import GenerateConfig
 
 CONFIGS = {"curation": CurationConfig, "generation textbooks": GenerateConfig,
-           "generation exercises": GenerateConfig, "evaluation run": EvalConfig,
-           "evaluation score": EvalConfig}
+           "generation exercises": GenerateConfig}
 
 
 def _has(model: type[BaseModel], key: str) -> bool:
@@ -29,10 +27,10 @@ def _has(model: type[BaseModel], key: str) -> bool:
     return sub is not None and _has(sub, rest)
 
 
-@pytest.mark.parametrize("kind", sorted(ALLOWED_OVERRIDES))
+@pytest.mark.parametrize("kind", sorted(ALLOWED_CONFIG))
 def test_every_allowed_override_is_a_real_key_and_none_is_dangerous(kind):
-    assert set(CONFIGS) == set(ALLOWED_OVERRIDES)
-    for key in ALLOWED_OVERRIDES[kind]:
+    assert set(CONFIGS) == set(ALLOWED_CONFIG)
+    for key in ALLOWED_CONFIG[kind]:
         assert _has(CONFIGS[kind], key), f"{kind}: {key} is no field of {CONFIGS[kind]}"
         assert not NEVER.search(key), f"{kind}: {key} must never be a user's to set"
 
@@ -68,8 +66,11 @@ def test_locations_compare_after_folding_dots(uri, root, inside):
 
 
 def test_every_problem_is_reported_at_once():
-    spec = CurationSpec(component="curation", input="/etc", output="/etc",
-                        overrides={"sandbox.timeout_s": 1, "storage.root": "/"})
+    spec = CurationBody(component="curation", input="/etc", output="/etc",
+                        config={"sandbox.timeout_s": 1, "storage.root": "/"})
     fields = [f for f, _ in check(spec, GatewayConfig(storage_root="/srv/data"))]
-    assert fields == ["overrides.sandbox.timeout_s", "overrides.storage.root", "input",
-                      "output"]
+    assert fields == ["config.sandbox.timeout_s", "config.storage.root", "input", "output"]
+    spec = EvaluationBody(component="evaluation", checkpoint="s3://tenant-b/model",
+                          output="../x")
+    fields = [f for f, _ in check(spec, GatewayConfig(storage_root="s3://primer/data"))]
+    assert fields == ["checkpoint", "output"]

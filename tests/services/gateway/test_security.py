@@ -1,6 +1,6 @@
 """Issue 14's gateway findings, each as it was reproduced: a real uvicorn gateway, real Redis,
 and (for the credential leak) a real listener on 127.0.0.1 plus the worker's own code path
-running whatever the gateway enqueued."""
+running whatever the gateway's reconciler enqueued."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import redis
 
 from primer.executor.base import WorkUnit, run_unit
 from services.gateway.app import create_app
-from tests.services.gateway.conftest import TEACHER, gateway_config, serve
-from tests.services.gateway.test_api import http
+from tests.services.gateway.conftest import TEACHER, gateway_config, own_db, serve
+from tests.services.gateway.test_api import http, wait_for_phase
 
 pytestmark = pytest.mark.integration
 SECRET = "s3-secret-that-must-stay-home"
@@ -76,120 +76,116 @@ def fields(data: dict) -> dict[str, str]:
     return {f["field"]: f["message"] for f in data["fields"]}
 
 
-# -- overrides ----------------------------------------------------------------------------------
+# -- config keys --------------------------------------------------------------------------------
 
-SCORE = {"component": "evaluation", "benchmarks": ["humaneval"], "samples": "{data}/s.jsonl"}
-SERVED = {"component": "evaluation", "benchmarks": ["mbpp"], "model": "m", "api_base": TEACHER}
+
 TEXTBOOKS = {"component": "generation", "kind": "textbooks", "count": 2}
-
-
-def under(body: dict, config) -> dict:
-    """``body`` with ``{data}`` standing for the gateway's storage root."""
-    return json.loads(json.dumps(body).replace("{data}", config.storage_root))
+CURATION = {"component": "curation"}
 
 
 @pytest.mark.parametrize(("base", "key", "value"), [
-    (SCORE, "sandbox.drop_privileges", False),  # the sample ran as uid 0
-    (SCORE, "sandbox.isolate_network", False),
-    (SCORE, "sandbox.memory_mb", 1_000_000),
-    (SCORE, "workers", 64),
     (TEXTBOOKS, "teacher.api_key_env", "AWS_SECRET_ACCESS_KEY"),
     (TEXTBOOKS, "teacher.url", "http://attacker/v1"),
     (TEXTBOOKS, "teacher.cache_uri", "/etc/primer-cache"),
     (TEXTBOOKS, "sandbox.drop_privileges", False),
+    (TEXTBOOKS, "sandbox.isolate_network", False),
     (TEXTBOOKS, "generation.sandbox_workers", 4),  # an exercises setting, not a textbooks one
-    (SERVED, "generation.api_base", "http://attacker/v1"),
-    (SERVED, "generation.api_key_env", "AWS_SECRET_ACCESS_KEY"),
-    (SERVED, "benchmarks.mbpp_path", "/etc/shadow"),
-    ({"component": "curation"}, "storage.root", "/"),
-    ({"component": "curation"}, "redis.url", "redis://attacker:6379/0"),
-    ({"component": "curation"}, "annotate.teacher.api_key_env", "AWS_SECRET_ACCESS_KEY"),
-    ({"component": "curation"}, "classify.encoder", "/var/run/secrets"),
-    ({"component": "curation"}, "executor", "celery"),
+    (CURATION, "storage.root", "/"),
+    (CURATION, "redis.url", "redis://attacker:6379/0"),
+    (CURATION, "annotate.teacher.api_key_env", "AWS_SECRET_ACCESS_KEY"),
+    (CURATION, "annotate.teacher.url", "http://attacker/v1"),
+    (CURATION, "classify.encoder", "/var/run/secrets"),
+    (CURATION, "executor", "celery"),
+    (CURATION, "workers", 64),
 ])
-def test_an_override_off_the_run_kinds_allow_list_is_a_422_naming_it(gateway, base, key,
+def test_a_config_key_off_the_run_kinds_allow_list_is_a_422_naming_it(gateway, base, key,
                                                                       value):
     url, config = gateway
-    depth = redis.Redis.from_url(config.redis_url).llen(config.queues[base["component"]])
-    status, data, _ = http("POST", f"{url}/v1/runs", under({**base, "overrides": {
-        key: value, "log_level": "debug"}}, config))
+    before = http("GET", f"{url}/v1/runs?limit=500")[1]["count"]
+    status, data, _ = http("POST", f"{url}/v1/runs", {**base, "config": {
+        key: value, "log_level": "debug"}})
     assert status == 422, data
-    assert set(fields(data)) == {f"overrides.{key}"}, data
-    assert "not an override" in fields(data)[f"overrides.{key}"] and key in data["error"]
-    assert redis.Redis.from_url(config.redis_url).llen(
-        config.queues[base["component"]]) == depth  # nothing was enqueued
+    assert set(fields(data)) == {f"config.{key}"}, data
+    assert "not a config key" in fields(data)[f"config.{key}"] and key in data["error"]
+    assert http("GET", f"{url}/v1/runs?limit=500")[1]["count"] == before  # nothing recorded
 
 
-def test_allowed_overrides_still_reach_the_command(gateway):
-    url, _ = gateway
-    status, run, _ = http("POST", f"{url}/v1/runs", {**SERVED, "api_base": TEACHER + "/",
-                                                     "overrides": {"generation.n_samples": 5,
-                                                                   "limit": 3}})
-    assert status == 201, run
-    assert run["command"][-3:] == [f"--generation.api_base={TEACHER}/",
-                                   "--generation.n_samples=5", "--limit=3"]
+def test_allowed_config_keys_reach_the_units(redis_url, tmp_path):
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.1)
+    with serve(create_app(config)) as url:
+        status, run, _ = http("POST", f"{url}/v1/runs", {
+            **TEXTBOOKS, "teacher": {"url": TEACHER + "/"},
+            "config": {"generation.temperature": 0.25, "teacher.max_retries": 1}})
+        assert status == 201, run
+        wait_for_phase(url, run["id"], "Running")
+    raw = redis.Redis.from_url(own).lindex(config.queues["generation"], 0)
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    settings = json.dumps(kwargs["unit"]["args"])
+    assert '"temperature": 0.25' in settings and '"max_retries": 1' in settings, settings
+    assert f'"{TEACHER}/"' in settings
 
 
 # -- endpoints and credentials ------------------------------------------------------------------
 
 def test_a_run_cannot_send_the_workers_secrets_to_an_endpoint_of_its_choosing(
         redis_url, tmp_path, monkeypatch):
-    """The reproduction: teacher_url / api_base pointing at a listener, the key taken from the
-    S3 secret's variable. Whatever the gateway accepts is then run as a worker runs it."""
+    """The reproduction: teacher.url pointing at a listener, the key taken from the S3
+    secret's variable. Whatever the gateway accepts is then run as a worker runs it."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    config = gateway_config(redis_url, tmp_path)
+    own = own_db(redis_url, 11)
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.1)
     queue = config.queues["generation"]
     with Listener() as listener, serve(create_app(config)) as url:
         attacks = [
-            ({**TEXTBOOKS, "teacher_url": listener.url, "overrides": {
+            ({**TEXTBOOKS, "teacher": {"url": listener.url}, "config": {
                 "teacher.api_key_env": "AWS_SECRET_ACCESS_KEY", "teacher.max_retries": 0}},
-             {"teacher_url", "overrides.teacher.api_key_env"}),
-            ({"component": "evaluation", "benchmarks": ["humaneval"], "model": "m",
-              "api_base": listener.url, "overrides": {
-                  "generation.api_key_env": "AWS_SECRET_ACCESS_KEY", "limit": 1}},
-             {"api_base", "overrides.generation.api_key_env"}),
-            ({"component": "evaluation", "benchmarks": ["humaneval"], "model": "m",
-              "overrides": {"generation.api_base": listener.url, "limit": 1,
-                            "generation.retries": 0}},
-             {"overrides.generation.api_base", "model"}),  # no endpoint: "m" is a path
+             {"teacher.url", "config.teacher.api_key_env"}),
+            ({**TEXTBOOKS, "config": {"teacher.url": listener.url, "teacher.max_retries": 0}},
+             {"config.teacher.url"}),
+            ({**CURATION, "annotator": "teacher", "config": {
+                "annotate.teacher.url": listener.url,
+                "annotate.teacher.api_key_env": "AWS_SECRET_ACCESS_KEY"}},
+             {"config.annotate.teacher.url", "config.annotate.teacher.api_key_env"}),
         ]
         answers = [http("POST", f"{url}/v1/runs", body)[:2] for body, _ in attacks]
-        run_queued(redis_url, queue)
+        time.sleep(0.5)  # reconciler passes
+        run_queued(own, queue)
     assert listener.requests == [], "the listener got requests (with the worker's secret)"
     for (status, data), (_, refused) in zip(answers, attacks, strict=True):
         assert status == 422, data
         assert set(fields(data)) == refused, data
-    assert "PRIMER_GATEWAY_ENDPOINTS" in fields(answers[0][1])["teacher_url"]
+    assert "PRIMER_GATEWAY_ENDPOINTS" in fields(answers[0][1])["teacher.url"]
 
 
 def test_only_the_operators_endpoints_may_be_named(redis_url, tmp_path):
     with serve(create_app(gateway_config(redis_url, tmp_path, endpoints=()))) as url:
-        status, data, _ = http("POST", f"{url}/v1/runs", {**TEXTBOOKS, "teacher_url": TEACHER})
-        assert status == 422 and "none are" in fields(data)["teacher_url"], data
+        status, data, _ = http("POST", f"{url}/v1/runs", {**TEXTBOOKS,
+                                                          "teacher": {"url": TEACHER}})
+        assert status == 422 and "none are" in fields(data)["teacher.url"], data
         status, run, _ = http("POST", f"{url}/v1/runs", TEXTBOOKS)  # the workers' teacher
-        assert status == 201 and "--teacher-url" not in run["command"], run
+        assert status == 201 and run["spec"]["teacher"] == {}, run
 
 
 # -- inputs and outputs -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "field"), [
-    ({"component": "curation", "output": "/etc/cron.d"}, "output"),
-    ({"component": "curation", "output": "../../../../etc/cron.d"}, "output"),
-    ({"component": "curation", "output": "ok/../../../x"}, "output"),
-    ({"component": "curation", "output": "file:///var/run/secrets"}, "output"),
-    ({"component": "curation", "output": "s3://tenant-b/runs"}, "output"),
-    ({"component": "curation", "input": "/var/run/secrets/kubernetes.io"}, "input"),
-    ({"component": "curation", "input": "file:///var/run/secrets"}, "input"),
-    ({"component": "curation", "input": "s3://tenant-b/raw"}, "input"),
-    ({"component": "curation", "input": "http://attacker/raw.jsonl"}, "input"),
-    ({"component": "curation", "input": "hf:someone/dataset"}, "input"),
-    ({**SCORE, "samples": "/etc/passwd"}, "samples"),
-    ({**SCORE, "samples": "{data}/../../etc/passwd"}, "samples"),
-    ({"component": "evaluation", "benchmarks": ["mbpp"], "model": "/root/.cache"}, "model"),
+    ({**CURATION, "output": "/etc/cron.d"}, "output"),
+    ({**CURATION, "output": "../../../../etc/cron.d"}, "output"),
+    ({**CURATION, "output": "ok/../../../x"}, "output"),
+    ({**CURATION, "output": "file:///var/run/secrets"}, "output"),
+    ({**CURATION, "output": "s3://tenant-b/runs"}, "output"),
+    ({**TEXTBOOKS, "output": "s3://tenant-b/runs"}, "output"),
+    ({**CURATION, "input": "/var/run/secrets/kubernetes.io"}, "input"),
+    ({**CURATION, "input": "file:///var/run/secrets"}, "input"),
+    ({**CURATION, "input": "s3://tenant-b/raw"}, "input"),
+    ({**CURATION, "input": "http://attacker/raw.jsonl"}, "input"),
+    ({**CURATION, "input": "hf:someone/dataset"}, "input"),
+    ({"component": "evaluation", "checkpoint": "s3://tenant-b/model"}, "checkpoint"),
 ])
 def test_inputs_and_outputs_outside_the_storage_roots_are_refused(gateway, body, field):
     url, config = gateway
-    status, data, _ = http("POST", f"{url}/v1/runs", under(body, config))
+    status, data, _ = http("POST", f"{url}/v1/runs", body)
     assert status == 422, data
     assert set(fields(data)) == {field}, data
 
@@ -198,16 +194,14 @@ def test_inputs_under_the_roots_and_outputs_under_the_runs_prefix_are_accepted(g
                                                                                 tmp_path):
     url, config = gateway
     inputs = tmp_path / "inputs"
-    cases = [({"component": "curation", "input": f"{inputs}/corpus", "output": "curated/v1"},
-              "curated/v1"),
-             ({"component": "curation", "input": f"file://{inputs}/a/../corpus"}, "curation"),
-             ({**SCORE, "samples": f"{config.storage_root}/runs/run-0123456789ab/s.jsonl",
-               "output": "scores/./humaneval"}, "scores/humaneval")]
+    cases = [({**CURATION, "input": f"{inputs}/corpus", "output": "curated/v1"}, "curated/v1"),
+             ({**CURATION, "input": f"file://{inputs}/a/../corpus"}, "curation"),
+             ({**TEXTBOOKS, "output": "books/./v1"}, "books/v1")]
     for body, sub in cases:
         status, run, _ = http("POST", f"{url}/v1/runs", body)
         assert status == 201, run
         assert run["output"] == f"{config.storage_root}/runs/{run['id']}/{sub}"
-        assert run["command"][run["command"].index("--output") + 1] == run["output"]
+        assert run["spec"]["output"] == run["output"]
 
 
 # -- before any parsing: auth, body size, rate limit --------------------------------------------

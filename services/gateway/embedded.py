@@ -1,0 +1,157 @@
+"""Embedded mode: the gateway drives each run's planner over Celery itself.
+
+A background thread started with the app passes over the runs not yet ended every
+``reconcile_seconds``. For each, under a per-run Redis lock (several gateway replicas never
+tick one run at once), it resolves the run's spec with its component's planner and calls
+:func:`primer.executor.plan.reconcile`: the current step's missing units go to the
+component's queue once (task ids ``gateway.<run id>.<unit id>``), the workers run them and
+write their markers, and the record gets the phase, progress, totals and outputs. Nothing
+waits on a worker, so a gateway restart loses nothing: the next pass reads the markers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from primer import progress
+from primer.executor import Job
+from primer.executor.plan import RunFailed, Tick, planner, reconcile
+from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
+from primer.runs import KINDS, parse_spec
+from primer.storage.base import StorageUnavailableError
+from services.gateway.config import GatewayConfig
+from services.gateway.models import Body, spec_of
+from services.gateway.store import RunStore, now
+
+log = logging.getLogger("primer.gateway")
+
+#: Errors a later pass may not meet again (Redis, S3 or the broker down): the run stays as it
+#: is, with the error shown in its progress. Anything else fails the run with its message.
+TRANSIENT = (QueueUnavailable, StorageUnavailableError, redis.RedisError, ConnectionError,
+             TimeoutError)
+
+
+class EmbeddedRuns:
+    """Runs as records in Redis, carried out by this process's :class:`Reconciler`."""
+
+    def __init__(self, store: RunStore, config: GatewayConfig):
+        self.store, self.config = store, config
+        self.reconciler = Reconciler(store, config)
+
+    def submit(self, run_id: str, body: Body, output: str) -> dict[str, Any]:
+        component = body.component
+        try:
+            plan = planner(component)
+        except RunFailed:
+            raise NotPlanned(
+                f"{component} runs are not planned by a gateway in embedded mode: an "
+                f"evaluation runs as an EvaluationRun in the cluster (a gateway in cluster "
+                f"mode, or kubectl apply) or locally with `primer eval`") from None
+        spec = spec_of(body, output)
+        plan.resolve(spec)  # a config the component refuses is a 422 now, not a Failed run
+        record = {"id": run_id, "component": component, "phase": "Pending",
+                  "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                  "output": spec.output, "queue": self.config.queues[component], "job": None,
+                  "created_at": now(), "progress": {"detail": "waiting for the reconciler"},
+                  "stats": {}, "outputs": {}, "error": None}
+        self.store.create(record, time.time())
+        return record
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        return self.store.get(run_id)
+
+    def list(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        return self.store.list(limit, offset)
+
+
+class NotPlanned(Exception):
+    """A run kind no planner here drives."""
+
+
+class Reconciler:
+    def __init__(self, store: RunStore, config: GatewayConfig):
+        self.store, self.config = store, config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="primer-reconciler",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.reconcile_seconds):
+            try:
+                self.pass_once()
+            except Exception:  # Redis away: log, and try again next pass
+                log.exception("reconciler pass failed")
+
+    def pass_once(self) -> None:
+        """Tick every run not yet ended (those another replica holds are skipped)."""
+        for run_id in self.store.active():
+            token = uuid.uuid4().hex
+            # The lock outlives a slow tick (sending a big step) but not a dead replica.
+            if not self.store.lock(run_id, token, ttl_s=max(60.0, 10 * self.config.
+                                                            reconcile_seconds)):
+                continue
+            try:
+                record = self.store.get(run_id)
+                if record is not None and record["phase"] not in ("Succeeded", "Failed"):
+                    self.store.update(run_id, **self.tick(record))
+            finally:
+                self.store.unlock(run_id, token)
+
+    def tick(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One step of one run: the fields of its record that change."""
+        run_id, component = record["id"], record["component"]
+        queue = record["queue"]
+        started = {} if record.get("started_at") else {"started_at": now()}
+
+        def send(job: Job) -> int:
+            return enqueue(job, queue, self.config.redis_url, task_prefix("gateway", run_id))
+
+        try:
+            plan = planner(component)
+            tick = reconcile(plan, plan.resolve(parse_spec(KINDS[component], record["spec"])),
+                             record.get("job"), send)
+        except TRANSIENT as exc:
+            return {"progress": {**record["progress"], "detail": f"will retry: {exc}"}}
+        except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
+            log.warning("run %s failed: %s", run_id, exc)
+            last = record["progress"]
+            tick = Tick("Failed", record.get("job"), last.get("stage", ""),
+                        last.get("units_done", 0), last.get("units_total", 0),
+                        error=f"{type(exc).__name__}: {exc}")
+        changes: dict[str, Any] = {
+            **started, "phase": tick.phase, "job": tick.job,
+            "progress": {"units_done": tick.done, "units_total": tick.total,
+                         "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""}}
+        if tick.done != record["progress"].get("units_done") or tick.phase != "Running":
+            changes["stats"] = _stats(record["output"])
+        if tick.phase == "Succeeded":
+            changes.update(finished_at=now(),
+                           outputs=progress.outputs(component, record["output"]))
+            done = changes["stats"].get("units_done", 0)
+            changes["progress"].update(units_done=done, units_total=done)
+        elif tick.phase == "Failed":
+            changes.update(finished_at=now(), error=tick.error)
+            cancel(queue, self.config.redis_url, task_prefix("gateway", run_id))
+        return changes
+
+
+def _stats(output: str) -> dict[str, Any]:
+    try:
+        return progress.unit_stats(output)
+    except Exception as exc:  # totals are best effort; the phase is recorded anyway
+        return {"error": f"{type(exc).__name__}: {exc}"}
