@@ -105,6 +105,7 @@ def test_a_unit_that_raises_stops_its_heartbeat(redis_url):
 # -- long units on real workers --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_unit_longer_than_the_visibility_timeout_runs_once_while_its_worker_lives(
         redis_url, tmp_path):
@@ -129,6 +130,7 @@ def test_a_unit_longer_than_the_visibility_timeout_runs_once_while_its_worker_li
     assert len(ages) > 20 and max(ages) < float(TIMEOUT)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_long_unit_whose_worker_is_killed_runs_once_more_on_the_survivor(redis_url,
                                                                            tmp_path):
