@@ -142,36 +142,35 @@ def stage_hosts(output: str, stages: list[str]) -> set[str]:
     return set().union(*(hosts(f"{output}/_work/state/{s}") for s in stages))
 
 
-def test_one_curation_run_is_the_same_whoever_starts_it(plane, monkeypatch):
-    base = f"s3://{plane['bucket']}/curation"
-    curate_by_cli(plane, monkeypatch, f"{base}/cli")
-    operator(plane, "curationruns", "CurationRun", "cur1",
-             curation_spec(plane, f"{base}/operator"))
-    spec = curation_spec(plane, "unused")
-    spec.pop("output")
+def from_every_door(plane, monkeypatch, component: str, by_cli, spec_of) -> dict[str, str]:
+    """Start the same run from the CLI, the operator and the gateway; each one's output, once
+    each has published a manifest equal to the CLI's (but for ``created_at``)."""
+    base = f"s3://{plane['bucket']}/{component}"
+    by_cli(plane, monkeypatch, f"{base}/cli")
+    kind = {"curation": "CurationRun", "generation": "GenerationRun"}[component]
+    operator(plane, f"{component}runs", kind, f"{component[:3]}1",
+             spec_of(plane, f"{base}/operator"))
+    body = spec_of(plane, "unused")
+    body.pop("output")  # the gateway writes under runs/<id>/
     outputs = {"cli": f"{base}/cli", "operator": f"{base}/operator",
-               "gateway": gateway(plane, monkeypatch, {"component": "curation", **spec})}
-    reference = manifest(f"{base}/cli")
-    assert reference["rows"] > 0
+               "gateway": gateway(plane, monkeypatch, {"component": component, **body})}
+    reference = manifest(outputs["cli"])
     assert manifest(outputs["operator"]) == manifest(outputs["gateway"]) == reference
+    return outputs
+
+
+def test_one_curation_run_is_the_same_whoever_starts_it(plane, monkeypatch):
+    outputs = from_every_door(plane, monkeypatch, "curation", curate_by_cli, curation_spec)
+    assert manifest(outputs["cli"])["rows"] > 0
     for door, output in outputs.items():
         seen = stage_hosts(output, ["read", "score", "select"])
         assert len(seen) >= 2 and all("@" in h for h in seen), (door, seen)
 
 
 def test_one_generation_run_is_the_same_whoever_starts_it(plane, monkeypatch):
-    base = f"s3://{plane['bucket']}/generation"
-    generate_by_cli(plane, monkeypatch, f"{base}/cli")
-    operator(plane, "generationruns", "GenerationRun", "gen1",
-             generation_spec(plane, f"{base}/operator"))
-    spec = generation_spec(plane, "unused")
-    spec.pop("output")
-    outputs = {"cli": f"{base}/cli", "operator": f"{base}/operator",
-               "gateway": gateway(plane, monkeypatch, {"component": "generation", **spec})}
-    reference = manifest(f"{base}/cli")
-    assert reference["rows"] == COUNT
-    assert manifest(outputs["operator"]) == manifest(outputs["gateway"]) == reference
+    outputs = from_every_door(plane, monkeypatch, "generation", generate_by_cli,
+                              generation_spec)
+    assert manifest(outputs["cli"])["rows"] == COUNT
     for door, output in outputs.items():
         seen = hosts(f"{output}/_work") - {""}
         assert len(seen) >= 2 and all("@" in h for h in seen), (door, seen)
-
