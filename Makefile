@@ -46,8 +46,9 @@ test: setup tools base-image  ## run the test suite (starts its own Redis and S3
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest
 
 # The slow tests (end-to-end runs, training, the demo, containers) stay in `make test`.
+# One pytest process per core (pytest-xdist); each starts its own Redis and S3 servers.
 test-fast: setup tools  ## the fast tier: every component, under 2 minutes on 2 cores
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m "not slow"
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m "not slow" -n auto
 
 # Containers: Debian's podman, buildah and runc (as root), a debootstrap'ed base (no registry).
 CONTAINER_TOOLS := podman buildah runc debootstrap

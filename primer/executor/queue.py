@@ -10,6 +10,7 @@ ids kept anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import redis
@@ -32,20 +33,38 @@ def task_prefix(*parts: str) -> str:
     return ".".join(parts) + "."
 
 
+SENT_KEY = "primer:sent:{prefix}{job}"
+SENT_TTL_S = 30 * 24 * 3600
+
+
 def enqueue(job: Job, queue: str, redis_url: str, prefix: str) -> int:
-    """Send every unit of ``job`` to ``queue``; returns how many were sent."""
+    """Send every unit of ``job`` to ``queue`` once per run; returns how many were sent (0
+    when this run's ``job`` was sent already).
+
+    Two ticks of one run can overlap (an operator's create handler and its first timer, both
+    before the status patch that names the job is seen): a Redis ``SET NX`` on the run's job
+    lets exactly one of them send. A send that fails midway releases it for the next tick.
+    """
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=TIMEOUT_S,
+                                  socket_timeout=TIMEOUT_S)
+    sent = SENT_KEY.format(prefix=prefix, job=job.name)
     app = make_app(CeleryConfig(redis_url=redis_url, queue=queue))
     app.conf.broker_connection_timeout = TIMEOUT_S
     policy = {"max_retries": 2, "interval_start": 0.5, "interval_step": 1, "interval_max": 2}
     try:
+        if not client.set(sent, len(job.units), nx=True, ex=SENT_TTL_S):
+            return 0
         for unit in job.units:
             app.send_task(TASK_NAME, task_id=prefix + unit.id, queue=queue, retry_policy=policy,
                           kwargs={"unit": unit.to_dict(), "state_uri": job.state_uri,
                                   "job": job.name})
     except (OperationalError, redis.RedisError, OSError) as e:
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.delete(sent)
         raise QueueUnavailable(f"cannot send units to {queue} at {redis_url}: {e}") from e
     finally:
         app.close()
+        client.close()
     return len(job.units)
 
 
