@@ -18,6 +18,7 @@ from primer.executor.base import (
     failed_ids,
     failure_key,
     marker_key,
+    marker_result,
     read_marker,
     run_unit,
 )
@@ -26,7 +27,7 @@ from primer.executor.local import LocalExecutor
 __all__ = [
     "CeleryExecutor", "Executor", "Job", "JobResult", "LocalExecutor", "UnitFailure",
     "UnitOutcome", "WorkUnit", "completed_ids", "failed_ids", "failure_key", "marker_key",
-    "read_marker", "run_unit",
+    "marker_result", "read_marker", "run_unit",
 ]
 
 

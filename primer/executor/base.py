@@ -178,6 +178,11 @@ def read_marker(state: Storage, unit_id: str) -> dict[str, Any] | None:
         return None
 
 
+def marker_result(state: Storage, unit_id: str) -> Any:
+    """What a completed unit returned (kept in its marker); None if it has not completed."""
+    return (read_marker(state, unit_id) or {}).get("result")
+
+
 def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:
     """Outcomes for the units of ``job`` that already have a marker, with stored results."""
     done = completed_ids(state)

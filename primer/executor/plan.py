@@ -32,7 +32,7 @@ from primer.executor.base import (
     completed_ids,
     failed_ids,
     failure_key,
-    read_marker,
+    marker_result,
 )
 from primer.storage import ObjectNotFoundError, open_storage
 
@@ -181,4 +181,4 @@ def _failure_message(state, job: Job, failed: list[str]) -> str:
 
 def unit_result(state_uri: str, unit_id: str) -> Any:
     """The stored result of a completed unit (from its marker); None if it has none."""
-    return (read_marker(open_storage(state_uri), unit_id) or {}).get("result")
+    return marker_result(open_storage(state_uri), unit_id)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from primer.config import load_config
 from primer.datasets import MANIFEST, DatasetError, Manifest
-from primer.executor import Job, WorkUnit, completed_ids, read_marker
+from primer.executor import Job, WorkUnit, completed_ids, marker_result
 from primer.executor.plan import Done, Planner, Step
 from primer.runs import GenerationRun, nested
 from primer.storage import open_storage
@@ -75,7 +75,7 @@ class GenerationPlanner(Planner[GenerationTarget]):
         state = open_storage(state_uri)
         done = completed_ids(state)
         if COMMIT_ID in done:
-            return Done((read_marker(state, COMMIT_ID) or {}).get("result") or {})
+            return Done(marker_result(state, COMMIT_ID) or {})
         _refuse_other_dataset(output, request_of(kind, count, config))
 
         gen = config.generation
@@ -99,7 +99,7 @@ class GenerationPlanner(Planner[GenerationTarget]):
                 return Step(Job(f"generate-{kind}-round-{round_}", units, state_uri),
                             f"round {round_}")
             for unit in units:
-                results[unit.id] = (read_marker(state, unit.id) or {}).get("result")
+                results[unit.id] = marker_result(state, unit.id)
             planned, round_ = stop, round_ + 1
             selection = select(list(results.values()), count)
             if selection.kept >= count:

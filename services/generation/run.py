@@ -33,8 +33,8 @@ from primer.datasets import (
     commit_dataset,
     write_shard,
 )
-from primer.executor import Executor, WorkUnit, completed_ids, read_marker
-from primer.executor.plan import drive
+from primer.executor import Executor, WorkUnit, completed_ids, marker_result
+from primer.executor.plan import Step, drive
 from primer.storage import open_storage
 from services.generation.batch import SCHEMAS, shard_name
 from services.generation.config import GenerateConfig
@@ -135,7 +135,7 @@ def commit_unit(kind: str, count: int, output: str, stop: int, teacher: dict[str
     config = GenerateConfig(teacher=teacher, generation=settings, sandbox=sandbox)
     gen = config.generation
     state = open_storage(work_uri(output))
-    results = [(read_marker(state, u.id) or {}).get("result")
+    results = [marker_result(state, u.id)
                for u in units_for(kind, output, config, 0, stop)]
     if any(r is None for r in results):
         raise GenerationError(f"{output}: commit before every batch of specs [0, {stop}) "
@@ -181,8 +181,8 @@ def generate(kind: str, count: int, output: str, config: GenerateConfig, executo
     from services.generation.plan import GenerationPlanner, GenerationTarget
 
     target = GenerationTarget(kind=kind, count=count, output=output, config=config)
-    with _Watcher(work_uri(output), count, on_progress, poll_s):
-        drive(GenerationPlanner(), target, executor, progress=False)
+    with _Watcher(work_uri(output), count, on_progress, poll_s) as watcher:
+        drive(GenerationPlanner(), target, executor, progress=False, on_step=watcher.planned)
     store = open_storage(output)
     return Manifest.from_json(store.read_text(MANIFEST), store.url(MANIFEST))
 
@@ -196,15 +196,20 @@ class _Watcher:
         self.on_progress, self.poll_s = on_progress, poll_s
         self._stop = threading.Event()
         self._seen: dict[str, tuple[int, int]] = {}
+        self._planned: set[str] = set()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def planned(self, step: Step) -> None:
+        """The planner's next step: its batches count towards the units planned so far."""
+        self._planned.update(u.id for u in step.job.units if u.id != COMMIT_ID)
 
     def poll(self) -> None:
         for unit_id in completed_ids(self.state) - set(self._seen) - {COMMIT_ID}:
-            result = (read_marker(self.state, unit_id) or {}).get("result") or {}
+            result = marker_result(self.state, unit_id) or {}
             self._seen[unit_id] = (len(result.get("indices", [])), sum(result.get("tokens", [])))
         self.on_progress(Progress(sum(v for v, _ in self._seen.values()), self.target,
                                   sum(t for _, t in self._seen.values()), len(self._seen),
-                                  len(self._seen)))
+                                  len(self._planned | self._seen.keys())))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
