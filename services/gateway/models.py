@@ -59,6 +59,12 @@ class Progress(BaseModel):
     detail: str = Field("", description="What the numbers are based on.")
 
 
+class Condition(BaseModel):
+    type: str = Field(description="Waiting: something the run needs is missing.")
+    reason: str = Field(description="NoConsumer: no worker consumes the run's queue.")
+    message: str = Field(description="What is missing and how to provide it.")
+
+
 class Run(BaseModel):
     id: str
     component: Component
@@ -75,6 +81,9 @@ class Run(BaseModel):
         "Totals over the run's unit markers (units, seconds, teacher tokens)."))
     outputs: dict[str, Any] = Field(default_factory=dict, description="Set on success.")
     error: str | None = Field(None, description="Why it failed.")
+    conditions: list[Condition] = Field(default_factory=list, description=(
+        "Why a run that has not ended is not moving, e.g. NoConsumer (its queue has no "
+        "worker); empty when nothing is missing."))
 
 
 class RunList(BaseModel):
@@ -90,3 +99,15 @@ class FieldError(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     fields: list[FieldError] = Field(default_factory=list)
+
+
+class QueueState(BaseModel):
+    consumers: int | None = Field(description="Workers consuming it; null: unknown.")
+    waiting: int = Field(description="Units waiting in it.")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    queues: dict[str, QueueState] = Field(description="Each queue runs are sent to.")
+    notes: list[str] = Field(description="Queues without a worker (and the command that "
+                             "starts one), or why the workers could not be asked.")
