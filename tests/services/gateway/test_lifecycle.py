@@ -20,9 +20,13 @@ from primer.executor.queue import task_prefix
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from services.gateway.store import ENDED, INDEX
+from tests.openai_server import OpenAIServer
+from tests.operators.conftest import wait_for
+from tests.primer.test_executor import celery_workers
 from tests.services.gateway.conftest import TEACHER, gateway_config, own_db, serve
 from tests.services.gateway.test_api import http
-from tests.services.gateway.test_runs_e2e import cli, printed
+from tests.services.gateway.test_runs_e2e import FAST_RETRIES, cli, printed
+from tests.services.generation.teacher_responder import responder
 
 pytestmark = pytest.mark.integration
 GENERATION = {"component": "generation", "kind": "textbooks", "count": 40, "batchSize": 4,
@@ -189,3 +193,84 @@ def test_failures_reader_lists_every_failed_unit_of_every_step(tmp_path):
     assert [(f["job"], f["unit"], f["error"]) for f in found] == [
         ("step-b", "u2", "RuntimeError: u2 broke"), ("step-a", "u1", "RuntimeError: u1 broke")]
     assert progress.failures(str(tmp_path / "nothing-yet")) == []
+
+
+@pytest.mark.slow  # real workers and a slow teacher (~30 s here)
+def test_cancel_logs_and_expiry_end_to_end_with_workers_on_s3(redis_url, s3_bucket, tmp_path):
+    """A generation run on S3 is cancelled while a worker runs one of its units: that unit
+    finishes, nothing of the run runs after it; a broken curation run fails and its logs
+    show the worker's traceback; both records expire."""
+    own = own_db(redis_url, 14)
+    client = redis.Redis.from_url(own)
+    with OpenAIServer(responder, latency_s=0.5) as teacher:
+        config = gateway_config(own, tmp_path, reconcile_seconds=0.2, run_ttl_seconds=15,
+                                storage_root=f"s3://{s3_bucket}/data",
+                                endpoints=(teacher.base_url,))
+        queue = config.queues["generation"]
+        with celery_workers(own, queue, tmp_path / "logs", n=1), \
+                serve(create_app(config)) as url:
+            sent = cli("runs", "submit", "generation", "kind=textbooks", "count=40",
+                       "batch_size=4", f"teacher.url={teacher.base_url}", *FAST_RETRIES,
+                       "--gateway", url)
+            assert sent.exit_code == 0, sent.output
+            run_id = printed(sent.output)["id"]
+            output = printed(sent.output)["output"]
+            assert output.startswith(f"s3://{s3_bucket}/")
+            wait_for(lambda: progress.units_done(output) >= 1, "the first unit's marker")
+            cancelled = cli("runs", "cancel", run_id, "--gateway", url)
+            assert cancelled.exit_code == 0, cancelled.output
+            at_cancel = progress.units_done(output)
+            run = printed(cancelled.output)
+            assert run["phase"] == "Cancelled" and run["finished_at"]
+            assert queued(client, queue, run_id) == 0
+            total = run["progress"]["units_total"]
+            # the unit a worker holds finishes (a unit takes over a second here); then nothing
+            time.sleep(4)
+            settled = progress.units_done(output)
+            assert at_cancel <= settled <= at_cancel + 1 < total, (at_cancel, settled, total)
+            time.sleep(2)
+            assert progress.units_done(output) == settled
+            after = http("GET", f"{url}/v1/runs/{run_id}")[1]
+            assert after["phase"] == "Cancelled" and after["job"] == run["job"]
+            assert client.llen(queue) == 0
+
+            (tmp_path / "inputs").mkdir()
+            broken = tmp_path / "inputs" / "broken.jsonl"
+            broken.write_text("".join(json.dumps({"content": f"x = {i}"}) + "\n"
+                                      for i in range(3)))
+            bad = cli("runs", "submit", "curation", f"input={broken}", "--gateway", url,
+                      "--classify.n_estimators=10")
+            bad_id = printed(bad.output)["id"]
+            failed = cli("runs", "get", bad_id, "--wait", "--interval", "0.3", "--gateway", url)
+            assert failed.exit_code == 1 and printed(failed.output)["phase"] == "Failed"
+            shown = cli("runs", "logs", bad_id, "--gateway", url)
+            logs = http("GET", f"{url}/v1/runs/{bad_id}/logs")[1]
+            cancelled_logs = http("GET", f"{url}/v1/runs/{run_id}/logs")[1]
+
+            assert shown.exit_code == 0, shown.output
+            messages = [e["message"] for e in logs["events"]]
+            assert messages[0].startswith("submitted: curation run")
+            assert messages[1].startswith("step curate-plan: 1 units sent to queue ")
+            assert messages[2:4] == ["step curate-plan done", messages[3]]
+            assert messages[3].startswith("step curate-read: ") and "units sent" in messages[3]
+            assert len(messages) == 5 and messages[4].startswith("failed: curate-read: ")
+            assert "expected a JSON object with 'text'" in messages[-1]
+            assert logs["failures"], logs
+            for failure in logs["failures"]:  # recorded on the worker, in S3
+                assert failure["job"] == "curate-read" and failure["host"].startswith("w0-")
+                assert "expected a JSON object with 'text'" in failure["error"]
+                assert "Traceback (most recent call last)" in failure["traceback"]
+                assert f"failed on {failure['host']}: {failure['error']}" in shown.output
+            assert shown.output.count("Traceback (most recent call last)") == \
+                len(logs["failures"])
+            events = [e["message"] for e in cancelled_logs["events"]]
+            assert events[-1].startswith("cancelled: ") and not cancelled_logs["failures"]
+            assert not any(e.startswith("step") and e.endswith("done") for e in events)
+
+            # both ended: gone TTL after their end, from the record, the logs and the list
+            wait_for(lambda: http("GET", f"{url}/v1/runs/{bad_id}")[0] == 404, "expiry", 30)
+            wait_for(lambda: http("GET", f"{url}/v1/runs/{run_id}")[0] == 404, "expiry", 30)
+            assert http("GET", f"{url}/v1/runs/{run_id}/logs")[0] == 404
+            assert http("GET", f"{url}/v1/runs")[1]["count"] == 0
+            assert client.zcard(INDEX) == 0
+    assert progress.units_done(output) == settled  # the output itself stays
