@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 import redis
@@ -21,7 +22,7 @@ from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from services.gateway.store import ENDED, INDEX
 from tests.openai_server import OpenAIServer
-from tests.operators.conftest import wait_for
+from tests.operators.conftest import NS, Cluster, run_operator, wait_for
 from tests.primer.test_executor import celery_workers
 from tests.services.gateway.conftest import TEACHER, gateway_config, own_db, serve
 from tests.services.gateway.test_api import http
@@ -29,6 +30,7 @@ from tests.services.gateway.test_runs_e2e import FAST_RETRIES, cli, printed
 from tests.services.generation.teacher_responder import responder
 
 pytestmark = pytest.mark.integration
+API = "primer.dev/v1alpha1"
 GENERATION = {"component": "generation", "kind": "textbooks", "count": 40, "batchSize": 4,
               "teacher": {"url": TEACHER}}
 
@@ -274,3 +276,73 @@ def test_cancel_logs_and_expiry_end_to_end_with_workers_on_s3(redis_url, s3_buck
             assert http("GET", f"{url}/v1/runs")[1]["count"] == 0
             assert client.zcard(INDEX) == 0
     assert progress.units_done(output) == settled  # the output itself stays
+
+
+@pytest.mark.slow  # the operator in-process (~20 s here)
+def test_in_cluster_mode_cancel_deletes_the_resource_and_logs_are_its_events(
+        redis_url, s3_server, tmp_path):
+    """The gateway in cluster mode with the operator (kmock plays the API server): logs are
+    the operator's Events about the run and its units' failures in S3; cancelling deletes
+    the resource and the operator's delete handler takes its waiting units back."""
+    queue = f"cluster-{uuid.uuid4().hex[:6]}"
+    bucket = f"t-{uuid.uuid4().hex[:8]}"
+    s3_server.client().make_bucket(bucket)
+    env = {**s3_server.env(), "PRIMER_S3_RETRIES": "2"}
+    client = redis.Redis.from_url(redis_url)
+    with Cluster() as cluster, \
+            run_operator(cluster, {"PRIMER_REDIS_URL": redis_url, **env,
+                                   "PRIMER_GENERATION_QUEUE": queue}), \
+            pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():  # the gateway reads failure records from S3
+            mp.setenv(k, v)
+        config = gateway_config(redis_url, tmp_path, mode="cluster", kube_api=cluster.url,
+                                namespace=NS, storage_root=f"s3://{bucket}/data")
+        with serve(create_app(config)) as url:
+            status, run, _ = http("POST", f"{url}/v1/runs", GENERATION)
+            assert status == 201, run
+            name = run["id"]
+            job = wait_for(lambda: (cluster.get(API, "generationruns", name).get("status")
+                                    or {}).get("job"), "the operator's first step")
+            assert client.llen(queue) > 0
+            # a unit of the run failed on a worker
+            state = f"{run['output']}/_work/{job}"
+            with pytest.raises(RuntimeError):
+                run_unit(WorkUnit("shard-00001", f"{__name__}:explode",
+                                  {"message": "out of tokens"}), state, job, "w0@pod")
+            logs = wait_for(lambda: (lambda found: found if any(
+                "units to" in e["message"] for e in found["events"]) else None)(
+                http("GET", f"{url}/v1/runs/{name}/logs")[1]), "the operator's Event")
+            sent = [e for e in logs["events"] if "units to" in e["message"]]
+            assert sent[0]["message"] == f"{job}: sent {client.llen(queue)} units to {queue}"
+            assert sent[0]["at"]
+            (failure,) = logs["failures"]
+            assert failure["unit"] == "shard-00001" and failure["host"] == "w0@pod"
+            assert failure["error"] == "RuntimeError: out of tokens"
+            assert "Traceback (most recent call last)" in failure["traceback"]
+            # an Event about another object is not this run's
+            other = http("POST", f"{url}/v1/runs", GENERATION)[1]["id"]
+            wait_for(lambda: any("units to" in e["message"] for e in http(
+                "GET", f"{url}/v1/runs/{other}/logs")[1]["events"]), "the other run's Event")
+            again = http("GET", f"{url}/v1/runs/{name}/logs")[1]
+            assert len([e for e in again["events"] if "units to" in e["message"]]) == 1
+
+            shown = cli("runs", "cancel", name, "--gateway", url)
+            assert shown.exit_code == 0, shown.output
+            cancelled = printed(shown.output)
+            assert cancelled["phase"] == "Cancelled" and cancelled["finished_at"]
+            wait_for(lambda: cluster.get(API, "generationruns", name) is None,
+                     "the operator's finalizer")
+            assert not any(json.loads(m)["headers"]["id"].split(".")[1] == name
+                           for m in client.lrange(queue, 0, -1))  # its units were taken back
+            assert client.llen(queue) > 0  # the other run's are still there
+            assert http("GET", f"{url}/v1/runs/{name}")[0] == 404
+            assert http("DELETE", f"{url}/v1/runs/{name}")[0] == 404
+
+            cluster.patch_status(API, "generationruns", other, {
+                "phase": "Succeeded", "completedAt": "2026-01-01T01:00:00Z"})
+            status, body, _ = http("DELETE", f"{url}/v1/runs/{other}")
+            assert status == 409, body
+            assert body["error"] == (f"run {other} already ended: Succeeded at "
+                                     f"2026-01-01T01:00:00Z; nothing to cancel")
+            assert cluster.get(API, "generationruns", other) is not None
+    client.delete(queue)
