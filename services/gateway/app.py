@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
+from primer.executor.queue import QueueUnavailable
 from primer.runs import Phase, SpecError
 from primer.storage import StorageError
 from services.gateway import policy
@@ -93,6 +94,11 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     @app.exception_handler(redis.RedisError)
     async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse({"error": f"the run store (Redis) is unavailable: {exc}",
+                             "fields": []}, 503)
+
+    @app.exception_handler(QueueUnavailable)
+    async def _queue_down(_: Request, exc: QueueUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"the queue (Redis) is unavailable: {exc}",
                              "fields": []}, 503)
 
     @app.exception_handler(StorageError)

@@ -80,9 +80,8 @@ class EmbeddedRuns:
         record = self.store.get(run_id)
         if record is None:
             return None
-        progress = {**record["progress"], "detail": "cancelled"}
         if not self.store.update(run_id, phase="Cancelled", finished_at=now(),
-                                 progress=progress):
+                                 progress={**record["progress"], "detail": "cancelled"}):
             ended = self.store.get(run_id)
             if ended is None:
                 return None
@@ -106,8 +105,6 @@ class EmbeddedRuns:
 
 class NotPlanned(Exception):
     """A run kind no planner here drives."""
-
-
 
 
 class Reconciler:

@@ -338,8 +338,13 @@ def test_in_cluster_mode_cancel_deletes_the_resource_and_logs_are_its_events(
             assert http("GET", f"{url}/v1/runs/{name}")[0] == 404
             assert http("DELETE", f"{url}/v1/runs/{name}")[0] == 404
 
-            cluster.patch_status(API, "generationruns", other, {
-                "phase": "Succeeded", "completedAt": "2026-01-01T01:00:00Z"})
+            def finished() -> bool:
+                cluster.patch_status(API, "generationruns", other, {
+                    "phase": "Succeeded", "completedAt": "2026-01-01T01:00:00Z"})
+                time.sleep(1)  # an operator tick under way may write Running once more
+                return http("GET", f"{url}/v1/runs/{other}")[1]["phase"] == "Succeeded"
+
+            wait_for(finished, "the other run to stay Succeeded")
             status, body, _ = http("DELETE", f"{url}/v1/runs/{other}")
             assert status == 409, body
             assert body["error"] == (f"run {other} already ended: Succeeded at "
