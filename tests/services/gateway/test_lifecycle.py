@@ -77,6 +77,10 @@ def test_cancel_removes_the_waiting_units_and_the_run_ends_cancelled(embedded):
     assert again["phase"] == "Cancelled" and again["job"] == job
     assert queued(client, queue, ids[0]) == 0
     assert http("GET", f"{url}/v1/runs?phase=Cancelled")[1]["count"] == 1
+    waited = cli("runs", "get", ids[0], "--wait", "--gateway", url)  # it ended, not well
+    assert waited.exit_code == 1 and printed(waited.output)["phase"] == "Cancelled"
+    listed = cli("runs", "list", "--gateway", url)
+    assert f"{ids[0]}  generation  Cancelled" in listed.output
 
     status, body, _ = http("DELETE", f"{url}/v1/runs/{ids[0]}")
     assert status == 409 and f"run {ids[0]} already ended: Cancelled" in body["error"], body
