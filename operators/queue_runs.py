@@ -49,7 +49,8 @@ def follow_run(**kwargs):
     reconcile_run(**kwargs)
 
 
-def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, logger, **_):
+def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, logger,
+                  body=None, **_):
     """Send the planner's next step (once) and report where the run stands."""
     status = status or {}
     if is_terminal(status):
@@ -83,12 +84,22 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
         f"{tick.stage}: {tick.sent} units sent to queue {queue_name}")
     if tick.sent:
         logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
+        _event(body, "StepSent", f"{tick.job}: sent {tick.sent} units to {queue_name}")
     if tick.phase == "Succeeded":
         finish(patch, "Succeeded", f"done: {_summary(tick.result or {})}")
+        _event(body, "Succeeded", f"done: {_summary(tick.result or {})}")
         patch.status.update(progress="done", outputs={
             k: v for k, v in (tick.result or {}).items() if isinstance(v, str | int | float)})
     elif tick.phase == "Failed":
         finish(patch, "Failed", tick.error or "a unit failed")
+        _event(body, "Failed", tick.error or "a unit failed", warning=True)
+
+
+def _event(body: Any, reason: str, message: str, warning: bool = False) -> None:
+    """An Event on the run: its log, read by the gateway (`primer runs logs`). kopf posts no
+    logger lines by default (settings.posting.loggers), and its own chatter would drown them."""
+    if body is not None:  # None: called outside the operator (tests of the planner doors)
+        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
 
 
 def _summary(result: dict[str, Any]) -> str:

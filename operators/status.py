@@ -8,11 +8,10 @@ from typing import Any, TypeVar
 
 import kopf
 
-from primer.runs import RunSpec, SpecError, parse_spec
+from primer.runs import TERMINAL, RunSpec, SpecError, parse_spec
 from primer.storage import open_storage
 
 GROUP, VERSION = "primer.dev", "v1alpha1"
-TERMINAL = ("Succeeded", "Failed")
 M = TypeVar("M", bound=RunSpec)
 
 

@@ -70,6 +70,21 @@ def unit_stats(output: str, cache: dict[str, Any] | None = None) -> dict[str, An
     return stats
 
 
+def failures(output: str) -> list[dict[str, Any]]:
+    """Every unit whose last attempt failed, oldest first: unit, job, error, host, failed_at
+    and traceback (the records :func:`primer.executor.base.run_unit` writes)."""
+    store, keys = _records(output, FAILURE_DIR)
+    found = []
+    for key in keys:
+        try:
+            record = json.loads(store.read_text(key))
+        except (ObjectNotFoundError, ValueError):  # the unit succeeded meanwhile, or a torn file
+            continue
+        found.append({k: str(record.get(k) or "") for k in
+                      ("unit", "job", "error", "host", "failed_at", "traceback")})
+    return sorted(found, key=lambda f: (f["failed_at"], f["job"], f["unit"]))
+
+
 def eta_seconds(started_at: str | None, done: int, total: int) -> int | None:
     """Seconds left at the rate so far (``started_at``: ISO 8601), None when unknown."""
     if not started_at or not done or done >= total:

@@ -28,9 +28,11 @@ S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 IMAGE = r"^[^\s]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$"
 Benchmark = Literal["humaneval", "mbpp"]
-#: Pending → Running → Succeeded | Failed, the same words in CR status and gateway runs.
-Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
-TERMINAL = ("Succeeded", "Failed")
+#: Pending → Running → Succeeded | Failed | Cancelled, the same words in CR status and gateway
+#: runs (a gateway run is Cancelled by ``DELETE /v1/runs/{id}``).
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+#: The phases a run never leaves.
+TERMINAL: tuple[str, ...] = ("Succeeded", "Failed", "Cancelled")
 #: The Celery queue (a Redis list) each component's units go to, whoever sends them (the CLI
 #: with ``--executor celery``, the gateway, the operator) and that its workers consume: the
 #: chart's defaults and the README's worker command name the same ones.

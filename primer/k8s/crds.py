@@ -27,11 +27,19 @@ import sys
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
-from primer.runs import S3_URI, CurationRun, EvaluationRun, GenerationRun, RunSpec, TrainingRun
+from primer.runs import (
+    S3_URI,
+    CurationRun,
+    EvaluationRun,
+    GenerationRun,
+    Phase,
+    RunSpec,
+    TrainingRun,
+)
 
 GROUP = "primer.dev"
 VERSION = "v1alpha1"
@@ -65,8 +73,8 @@ def _column(name: str, type_: str, path: str, **extra: Any) -> dict[str, Any]:
 
 #: Status fields every run kind has (the operator writes them).
 STATUS: dict[str, Any] = {
-    "phase": _string("Pending, Running, Succeeded or Failed.",
-                     enum=["Pending", "Running", "Succeeded", "Failed"]),
+    "phase": _string("Pending, Running, Succeeded, Failed or Cancelled.",
+                     enum=list(get_args(Phase))),
     "message": _string("Human-readable detail of the phase (names the field when the spec is "
                        "refused)."),
     "progress": _string("Progress in a word or two, e.g. '12/40 units' or 'step 2000'."),

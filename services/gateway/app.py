@@ -5,6 +5,8 @@
     GET  /v1/runs          newest first; ?component=&phase=&limit=&offset=
     GET  /v1/runs/{id}     phase, progress (units done), outputs, error, conditions (a run
                            whose queue no worker consumes says so: consumers.py)
+    DELETE /v1/runs/{id}   cancel: 200, the run (phase Cancelled); 409 if it had ended
+    GET  /v1/runs/{id}/logs  the driver's events and the units' failures (with tracebacks)
     GET  /metrics          Prometheus (see metrics.py)
     GET  /healthz          the process is up;   GET /readyz: Redis answers, and the
                            consumers and waiting units of each queue
@@ -13,7 +15,8 @@
 A request body is a run spec of :mod:`primer.runs` (``models.py``). In embedded mode the run
 is a record in Redis that this process's reconciler drives through its component's planner
 (``embedded.py``); in cluster mode it is a custom resource the operator drives
-(``cluster.py``). Settings come from the environment (``config.py``). Before any body is
+(``cluster.py``). A run that ended expires after ``PRIMER_GATEWAY_RUN_TTL_SECONDS`` (embedded
+mode; ``store.py``). Settings come from the environment (``config.py``). Before any body is
 parsed, ``guard.py`` checks the token, the rate limit and the body size; before a run is
 started, ``policy.py`` checks what it asks for (config keys on its kind's allow-list,
 endpoints the operator listed, inputs and outputs inside the storage roots).
@@ -31,7 +34,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
+from primer.executor.queue import QueueUnavailable
 from primer.runs import Phase, SpecError, worker_command
+from primer.storage import StorageError
 from services.gateway import policy
 from services.gateway.auth import bearer_scheme
 from services.gateway.cluster import ClusterRuns, ClusterUnavailable
@@ -40,16 +45,25 @@ from services.gateway.consumers import Consumers
 from services.gateway.embedded import EmbeddedRuns, NotPlanned
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
-from services.gateway.models import ErrorBody, Readiness, Run, RunBody, RunList
+from services.gateway.models import (
+    ErrorBody,
+    Readiness,
+    Run,
+    RunBody,
+    RunEnded,
+    RunList,
+    RunLogs,
+)
 from services.gateway.store import RunStore
 
 RUN_ID = r"^run-[0-9a-f]{12}$"
 ERRORS = {code: {"model": ErrorBody} for code in (401, 413, 422, 429, 501, 503)}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No run with this id (or it expired)."}}
 
 
 def create_app(config: GatewayConfig | None = None) -> FastAPI:
     config = config or GatewayConfig.from_env()
-    store = RunStore.from_url(config.redis_url)
+    store = RunStore.from_url(config.redis_url, config.run_ttl_seconds)
     embedded = EmbeddedRuns(store, config) if config.mode == "embedded" else None
     runs = embedded or ClusterRuns(config)
     registry = CollectorRegistry()
@@ -94,6 +108,16 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         return JSONResponse({"error": f"the run store (Redis) is unavailable: {exc}",
                              "fields": []}, 503)
 
+    @app.exception_handler(QueueUnavailable)
+    async def _queue_down(_: Request, exc: QueueUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"the queue (Redis) is unavailable: {exc}",
+                             "fields": []}, 503)
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
+        return JSONResponse({"error": f"the storage did not answer as expected: "
+                             f"{type(exc).__name__}: {exc}", "fields": []}, 503)
+
     @app.exception_handler(ClusterUnavailable)
     async def _cluster_down(_: Request, exc: ClusterUnavailable) -> JSONResponse:
         return JSONResponse({"error": f"the Kubernetes API is unavailable: {exc}",
@@ -130,12 +154,29 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         return {"runs": consumers.annotate(found), "count": len(found)}
 
     @app.get("/v1/runs/{run_id}", response_model=Run, dependencies=auth,
-             responses={**ERRORS, 404: {"model": ErrorBody}}, summary="One run")
+             responses={**ERRORS, **NOT_FOUND}, summary="One run")
     def get_run(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
-        record = runs.get(run_id)
-        if record is None:
-            raise HTTPException(404, f"no run with id {run_id!r}")
-        return consumers.annotate([record])[0]
+        return consumers.annotate([_found(run_id, runs.get(run_id))])[0]
+
+    @app.delete("/v1/runs/{run_id}", response_model=Run, dependencies=auth,
+                responses={**ERRORS, **NOT_FOUND, 409: {
+                    "model": ErrorBody, "description": "The run had ended already."}},
+                summary="Cancel a run")
+    def cancel_run(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
+        """The run ends as Cancelled: its units waiting in the queue are removed, a unit a
+        worker already runs finishes, and nothing follows it."""
+        try:
+            return _found(run_id, runs.cancel(run_id))
+        except RunEnded as exc:
+            raise HTTPException(409, f"{exc}; nothing to cancel") from None
+
+    @app.get("/v1/runs/{run_id}/logs", response_model=RunLogs, dependencies=auth,
+             responses={**ERRORS, **NOT_FOUND}, summary="A run's events and unit failures")
+    def run_logs(run_id: Annotated[str, Path(pattern=RUN_ID)]) -> dict[str, Any]:
+        """The driver's events (the gateway's reconciler, or the operator's Kubernetes
+        Events in cluster mode), oldest first, and every unit whose last attempt failed,
+        with the worker's traceback."""
+        return _found(run_id, runs.logs(run_id))
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
@@ -182,6 +223,12 @@ def _safe(url: str) -> str:
     """``url`` without its password (error messages are read by whoever calls /readyz)."""
     head, at, host = url.rpartition("@")
     return f"{head.split('//')[0]}//…@{host}" if at else url
+
+
+def _found(run_id: str, answer: dict[str, Any] | None) -> dict[str, Any]:
+    if answer is None:
+        raise HTTPException(404, f"no run with id {run_id!r}")
+    return answer
 
 
 def _field(loc: tuple) -> str:

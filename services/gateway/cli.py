@@ -6,7 +6,10 @@
     primer runs submit curation input=s3://primer/raw --classify.n_estimators=50
     primer runs submit evaluation checkpoint=s3://primer/models/phi benchmarks=[humaneval]
     primer runs list --phase Running
-    primer runs get run-0123456789ab --wait      # exit 1 if it failed (3: --timeout passed)
+    primer runs get run-0123456789ab --wait      # exit 1 if it failed or was cancelled
+                                                 # (3: --timeout passed)
+    primer runs logs run-0123456789ab            # the driver's events, the units' failures
+    primer runs cancel run-0123456789ab          # waiting units removed; running ones finish
 
 ``key=value`` sets a field of the run spec (:mod:`primer.runs`; values parsed as YAML:
 ``count=10`` is a number, ``teacher.url=…`` a nested field); ``--section.key=value`` sets the
@@ -28,7 +31,7 @@ import typer
 import yaml
 
 from primer.cli import OVERRIDES
-from primer.runs import nested
+from primer.runs import TERMINAL, nested
 
 app = typer.Typer(help="Submit and watch runs through the gateway.",
                   no_args_is_help=True)
@@ -123,7 +126,7 @@ def list_runs(gateway: Gateway,
 @app.command("get")
 def get(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")], gateway: Gateway,
         wait: Annotated[bool, typer.Option("--wait", help="Poll until it ends; exit 1 if it "
-                                           "failed.")] = False,
+                                           "failed or was cancelled.")] = False,
         interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 2.0,
         timeout: Annotated[float | None, typer.Option(
             help="With --wait: give up after this many seconds (exit 3).")] = None) -> None:
@@ -134,7 +137,7 @@ def get(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")], 
     try:
         run = call(gateway, "GET", path)
         said: list[str] = []
-        while wait and run["phase"] not in ("Succeeded", "Failed"):
+        while wait and run["phase"] not in TERMINAL:
             said = _say_conditions(run, said)
             if deadline is not None and time.monotonic() >= deadline:
                 _echo(run)
@@ -146,7 +149,7 @@ def get(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")], 
     except GatewayError as exc:
         _fail(exc)
     _echo(run)
-    if wait and run["phase"] == "Failed":
+    if wait and run["phase"] != "Succeeded":
         raise typer.Exit(1)
 
 
@@ -159,3 +162,32 @@ def _say_conditions(run: dict[str, Any], said: list[str]) -> list[str]:
     if said and not now:
         typer.secho(f"{run['id']}: moving again", err=True)
     return now
+
+
+@app.command("cancel")
+def cancel(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")],
+           gateway: Gateway) -> None:
+    """Cancel a run: its waiting units are removed, units already running finish and nothing
+    follows them. Prints the run (phase Cancelled); exit 2 if it had ended."""
+    try:
+        _echo(call(gateway, "DELETE", f"/v1/runs/{urllib.parse.quote(run_id)}"))
+    except GatewayError as exc:
+        _fail(exc)
+
+
+@app.command("logs")
+def logs(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")],
+         gateway: Gateway) -> None:
+    """Print the run's log as text: the driver's events, then each failed unit with its
+    traceback."""
+    try:
+        found = call(gateway, "GET", f"/v1/runs/{urllib.parse.quote(run_id)}/logs")
+    except GatewayError as exc:
+        _fail(exc)
+    for event in found["events"]:
+        typer.echo(f"{event['at']}  {event['message']}")
+    for failure in found["failures"]:
+        typer.echo(f"\n{failure['failed_at']}  unit {failure['unit']} of {failure['job']} "
+                   f"failed on {failure['host']}: {failure['error']}")
+        if failure["traceback"]:
+            typer.echo(failure["traceback"].rstrip())

@@ -3,20 +3,26 @@
 POST creates the CurationRun, GenerationRun or EvaluationRun (named by the run id, in the
 gateway's namespace, labelled as the gateway's); GET and list read the resources back and
 map their status (phase, units, progress, message) to the same :class:`Run` as embedded
-mode, so ``primer runs`` cannot tell the modes apart. The services may not import the
-operator; the API is reached with the ``kubernetes`` client directly.
+mode, so ``primer runs`` cannot tell the modes apart. Cancelling deletes the resource (the
+operator's delete handler removes the run's waiting units from the queue); a run's logs are
+its resource's Kubernetes Events (kopf posts the operator's log lines as Events) and the
+failure records of its units. The services may not import the operator; the API is reached
+with the ``kubernetes`` client directly.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import json
 from typing import Any
 
 from urllib3.exceptions import HTTPError
 
+from primer import progress
+from primer.runs import TERMINAL
 from services.gateway.config import GatewayConfig
-from services.gateway.models import Body, spec_of
+from services.gateway.models import Body, RunEnded, spec_of
 
 GROUP, VERSION = "primer.dev", "v1alpha1"
 KINDS = {"curation": ("CurationRun", "curationruns"),
@@ -40,6 +46,7 @@ class ClusterRuns:
     def __init__(self, settings: GatewayConfig):
         self.namespace = settings.namespace
         self._api = functools.cache(lambda: _objects(settings.kube_api))
+        self._core = functools.cache(lambda: _core(self._api()))
 
     def submit(self, run_id: str, body: Body, output: str) -> dict[str, Any]:
         component, spec = body.component, spec_of(body, output)
@@ -55,6 +62,52 @@ class ClusterRuns:
         return run_of(component, created)
 
     def get(self, run_id: str) -> dict[str, Any] | None:
+        found = self._find(run_id)
+        return run_of(*found) if found else None
+
+    def cancel(self, run_id: str) -> dict[str, Any] | None:
+        """Delete the run's resource; the run as it was, phase Cancelled. None if there is
+        no such run, :class:`RunEnded` if it had ended."""
+        found = self._find(run_id)
+        if found is None:
+            return None
+        run = run_of(*found)
+        if run["phase"] in TERMINAL:
+            raise RunEnded(run_id, run["phase"], run["finished_at"])
+        kind, plural = KINDS[found[0]]
+        try:
+            self._call("delete", f"{kind} {run_id}", lambda api: api.
+                       delete_namespaced_custom_object(GROUP, VERSION, self.namespace, plural,
+                                                       run_id, _request_timeout=TIMEOUT))
+        except _NotFound:
+            return None
+        return {**run, "phase": "Cancelled", "finished_at": _now_us(),
+                "progress": {**run["progress"], "detail": (
+                    f"cancelled: {kind} {run_id} deleted; the operator removes its waiting "
+                    f"units, units already running finish")}}
+
+    def logs(self, run_id: str) -> dict[str, Any] | None:
+        """The resource's Events (oldest first) and its units' failures; None if there is
+        no such run."""
+        found = self._find(run_id)
+        if found is None:
+            return None
+        component, obj = found
+        kind = obj.get("kind") or KINDS[component][0]
+        response = self._call("list", f"events of {kind} {run_id}", lambda _: self._core().
+                              list_namespaced_event(
+                                  self.namespace, field_selector=f"involvedObject.name={run_id}",
+                                  _request_timeout=TIMEOUT, _preload_content=False))
+        items = json.loads(response.data).get("items", [])
+        ours = [e for e in items if (e.get("involvedObject") or {}).get("name") == run_id
+                and (e.get("involvedObject") or {}).get("kind") == kind]
+        events = sorted(({"at": _event_time(e), "message": e.get("message") or
+                          e.get("reason") or ""} for e in ours), key=lambda e: e["at"])
+        output = run_of(component, obj)["output"]
+        return {"events": events, "failures": progress.failures(output) if output else []}
+
+    def _find(self, run_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The run's component and custom resource."""
         for component, (kind, plural) in KINDS.items():
             try:
                 obj = self._call("read", f"{kind} {run_id}", lambda api, p=plural: api.
@@ -63,7 +116,7 @@ class ClusterRuns:
                                                               _request_timeout=TIMEOUT))
             except _NotFound:
                 continue
-            return run_of(component, obj)
+            return component, obj
         return None
 
     def list(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
@@ -85,7 +138,7 @@ class ClusterRuns:
         try:
             return request(self._api())
         except ApiException as e:
-            if e.status == 404 and action == "read":
+            if e.status == 404 and action in ("read", "delete"):
                 raise _NotFound from None
             raise ClusterUnavailable(f"cannot {action} {what} in namespace {self.namespace}: "
                                      f"{e.status} {e.reason}: {e.body}") from None
@@ -103,6 +156,9 @@ def run_of(component: str, obj: dict[str, Any]) -> dict[str, Any]:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     units = status.get("units") or {}
     phase = status.get("phase") or "Pending"
+    deleted = meta.get("deletionTimestamp")
+    if deleted and phase not in TERMINAL:  # cancelled; the operator's finalizer still runs
+        phase = "Cancelled"
     stats = {"units_done": units.get("done", 0)}
     if "tokens" in status:
         stats["tokens_generated"] = status["tokens"]
@@ -111,7 +167,8 @@ def run_of(component: str, obj: dict[str, Any]) -> dict[str, Any]:
         "output": spec.get("output", ""), "queue": status.get("queue"),
         "created_at": (meta.get("annotations") or {}).get(SUBMITTED)
         or meta.get("creationTimestamp") or "",
-        "started_at": status.get("startedAt"), "finished_at": status.get("completedAt"),
+        "started_at": status.get("startedAt"),
+        "finished_at": status.get("completedAt") or (deleted if phase == "Cancelled" else None),
         "progress": {"units_done": units.get("done", 0), "units_total": units.get("total", 0),
                      "stage": "", "detail": status.get("progress") or status.get("message")
                      or ""},
@@ -133,6 +190,18 @@ def _objects(api_url: str | None):
     else:
         config.load_incluster_config(client_configuration=configuration)
     return client.CustomObjectsApi(client.ApiClient(configuration))
+
+
+def _core(objects):
+    """The core API (Events) on the same connection settings as ``objects``."""
+    from kubernetes import client
+
+    return client.CoreV1Api(objects.api_client)
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return (event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+            or (event.get("metadata") or {}).get("creationTimestamp") or "")
 
 
 def _now_us() -> str:

@@ -17,6 +17,8 @@
   or ``cluster`` (it creates ``primer.dev`` custom resources for the operator) [``cluster``
   when the pod has a service-account token, else ``embedded``];
 - ``PRIMER_GATEWAY_RECONCILE_SECONDS``: embedded mode, seconds between reconciler passes [2];
+- ``PRIMER_GATEWAY_RUN_TTL_SECONDS``: embedded mode, a run's record and log are deleted this
+  long after it ended [604800: 7 days];
 - ``PRIMER_GATEWAY_KUBE_API``: cluster mode, the API server's URL, reached without auth (a
   test's emulator, ``kubectl proxy``) [the in-cluster service account];
 - ``PRIMER_GATEWAY_NAMESPACE``: cluster mode, where runs are created [the pod's namespace].
@@ -70,6 +72,10 @@ class GatewayConfig:
     (``PRIMER_GATEWAY_MODE``)."""
     reconcile_seconds: float = 2.0
     """Embedded mode: seconds between reconciler passes (``PRIMER_GATEWAY_RECONCILE_SECONDS``)."""
+    run_ttl_seconds: int = 7 * 24 * 3600
+    """Embedded mode: a run that ended (Succeeded, Failed, Cancelled) is deleted, record and
+    log, this long after its end (``PRIMER_GATEWAY_RUN_TTL_SECONDS``); runs not yet ended are
+    kept. Its output stays in storage."""
     kube_api: str | None = None
     """Cluster mode: the API server's URL, reached without auth (``PRIMER_GATEWAY_KUBE_API``);
     None: the in-cluster service account (its token, CA and namespace)."""
@@ -92,6 +98,8 @@ class GatewayConfig:
                     for c, q in QUEUES.items()},
             mode=_mode(env.get("PRIMER_GATEWAY_MODE", "")),
             reconcile_seconds=float(env.get("PRIMER_GATEWAY_RECONCILE_SECONDS") or 2.0),
+            run_ttl_seconds=_int(env, "PRIMER_GATEWAY_RUN_TTL_SECONDS", cls.run_ttl_seconds,
+                                 minimum=1),
             kube_api=env.get("PRIMER_GATEWAY_KUBE_API") or None,
             namespace=env.get("PRIMER_GATEWAY_NAMESPACE") or _pod_namespace())
 
@@ -116,7 +124,7 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -124,6 +132,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} must be a whole number") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} must not be negative")
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must not be negative" if minimum == 0
+                         else f"{name}={raw!r} must be at least {minimum}")
     return value

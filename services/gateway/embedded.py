@@ -7,6 +7,12 @@ tick one run at once), it resolves the run's spec with its component's planner a
 component's queue once (task ids ``gateway.<run id>.<unit id>``), the workers run them and
 write their markers, and the record gets the phase, progress, totals and outputs. Nothing
 waits on a worker, so a gateway restart loses nothing: the next pass reads the markers.
+
+Cancelling a run ends it (phase Cancelled) and removes its units still waiting in the queue;
+a unit a worker already runs finishes, and no further step is sent: a record that ended is
+never updated again (:meth:`RunStore.update` is conditional), and a tick that raced the
+cancel removes what it sent. Each pass also appends the driver's events to the run's log
+(step sent, step done, ended) and drops expired runs from the index.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from primer import progress
 from primer.executor import Job
 from primer.executor.plan import RunFailed, Tick, planner, reconcile
 from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
-from primer.runs import KINDS, parse_spec
+from primer.runs import KINDS, TERMINAL, parse_spec
 from primer.storage.base import StorageUnavailableError
 from services.gateway.config import GatewayConfig
-from services.gateway.models import Body, spec_of
+from services.gateway.models import Body, RunEnded, spec_of
 from services.gateway.store import RunStore, now
 
 log = logging.getLogger("primer.gateway")
@@ -61,10 +67,37 @@ class EmbeddedRuns:
                   "created_at": now(), "progress": {"detail": "waiting for the reconciler"},
                   "stats": {}, "outputs": {}, "error": None}
         self.store.create(record, time.time())
+        self.store.log(run_id, f"submitted: {component} run, units go to queue "
+                               f"{record['queue']}")
         return record
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         return self.store.get(run_id)
+
+    def cancel(self, run_id: str) -> dict[str, Any] | None:
+        """End the run as Cancelled and remove its waiting units; None if there is no such
+        run, :class:`RunEnded` if it had ended already."""
+        record = self.store.get(run_id)
+        if record is None:
+            return None
+        if not self.store.update(run_id, phase="Cancelled", finished_at=now(),
+                                 progress={**record["progress"], "detail": "cancelled"}):
+            ended = self.store.get(run_id)
+            if ended is None:
+                return None
+            raise RunEnded(run_id, ended["phase"], ended.get("finished_at"))
+        removed = cancel(record["queue"], self.config.redis_url, task_prefix("gateway", run_id))
+        self.store.log(run_id, f"cancelled: {removed} waiting units removed from queue "
+                               f"{record['queue']}; units already running finish")
+        return self.store.get(run_id)
+
+    def logs(self, run_id: str) -> dict[str, Any] | None:
+        """The driver's events and the units' failures; None if there is no such run."""
+        record = self.store.get(run_id)
+        if record is None:
+            return None
+        return {"events": self.store.events(run_id),
+                "failures": progress.failures(record["output"])}
 
     def list(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
         return self.store.list(limit, offset)
@@ -98,7 +131,9 @@ class Reconciler:
                 log.exception("reconciler pass failed")
 
     def pass_once(self) -> None:
-        """Tick every run not yet ended (those another replica holds are skipped)."""
+        """Tick every run not yet ended (those another replica holds are skipped); forget
+        the expired ones."""
+        self.store.prune()
         for run_id in self.store.active():
             token = uuid.uuid4().hex
             # The lock outlives a slow tick (sending a big step) but not a dead replica.
@@ -107,10 +142,22 @@ class Reconciler:
                 continue
             try:
                 record = self.store.get(run_id)
-                if record is not None and record["phase"] not in ("Succeeded", "Failed"):
-                    self.store.update(run_id, **self.tick(record))
+                if record is not None and record["phase"] not in TERMINAL:
+                    self.advance(record)
             finally:
                 self.store.unlock(run_id, token)
+
+    def advance(self, record: dict[str, Any]) -> None:
+        """Tick the run and record what changed, unless it ended meanwhile (cancelled): then
+        what this tick sent leaves the queue again."""
+        run_id = record["id"]
+        changes = self.tick(record)
+        sent = changes.pop("sent", 0)
+        if not self.store.update(run_id, **changes):
+            cancel(record["queue"], self.config.redis_url, task_prefix("gateway", run_id))
+            return
+        for event in _events(record, changes, sent):
+            self.store.log(run_id, event)
 
     def tick(self, record: dict[str, Any]) -> dict[str, Any]:
         """One step of one run: the fields of its record that change."""
@@ -136,7 +183,8 @@ class Reconciler:
         changes: dict[str, Any] = {
             **started, "phase": tick.phase, "job": tick.job,
             "progress": {"units_done": tick.done, "units_total": tick.total,
-                         "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""}}
+                         "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""},
+            "sent": tick.sent}  # for the log (advance), not the record
         if tick.done != record["progress"].get("units_done") or tick.phase != "Running":
             changes["stats"] = _stats(record["output"])
         if tick.phase == "Succeeded":
@@ -148,6 +196,24 @@ class Reconciler:
             changes.update(finished_at=now(), error=tick.error)
             cancel(queue, self.config.redis_url, task_prefix("gateway", run_id))
         return changes
+
+
+def _events(record: dict[str, Any], changes: dict[str, Any], sent: int) -> list[str]:
+    """What a tick did, in words, for the run's log."""
+    events = []
+    job, phase = changes.get("job"), changes.get("phase")
+    detail = changes["progress"].get("detail", "")
+    if detail.startswith("will retry") and detail != record["progress"].get("detail"):
+        events.append(detail)
+    if record.get("job") and "job" in changes and job != record["job"]:
+        events.append(f"step {record['job']} done")
+    if sent:
+        events.append(f"step {job}: {sent} units sent to queue {record['queue']}")
+    if phase == "Succeeded":
+        events.append("succeeded")
+    elif phase == "Failed":
+        events.append(f"failed: {changes.get('error')}")
+    return events
 
 
 def _stats(output: str) -> dict[str, Any]:

@@ -27,17 +27,18 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from primer.runs import Phase
 from primer.teacher.client import LATENCY_BUCKETS
 from services.gateway.config import COMPONENTS, GatewayConfig
 from services.gateway.consumers import Consumers
 from services.gateway.store import RunStore
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed")
+PHASES = get_args(Phase)
 #: Runs that get per-run series (the newest ones), so a series count stays bounded.
 RECENT_RUNS = 20
 

@@ -91,9 +91,39 @@ class RunList(BaseModel):
     count: int
 
 
+class Event(BaseModel):
+    at: str = Field(description="When (ISO 8601, UTC).")
+    message: str = Field(description="What the run's driver did: the gateway's reconciler "
+                         "(embedded mode) or the operator (cluster mode, its Kubernetes "
+                         "Events).")
+
+
+class Failure(BaseModel):
+    unit: str = Field(description="The work unit's id.")
+    job: str = Field(description="The step it belongs to.")
+    error: str = Field(description="ExceptionType: message.")
+    host: str = Field(description="The worker that ran it.")
+    failed_at: str = Field(description="When (ISO 8601, UTC).")
+    traceback: str = Field(description="The worker's plain-text traceback.")
+
+
+class RunLogs(BaseModel):
+    events: list[Event] = Field(description="The driver's log, oldest first.")
+    failures: list[Failure] = Field(description="Units whose last attempt failed.")
+
+
 class FieldError(BaseModel):
     field: str
     message: str
+
+
+class RunEnded(Exception):
+    """Cancelling a run that had ended already (409)."""
+
+    def __init__(self, run_id: str, phase: str, finished_at: str | None):
+        super().__init__(f"run {run_id} already ended: {phase}"
+                         + (f" at {finished_at}" if finished_at else ""))
+        self.phase = phase
 
 
 class ErrorBody(BaseModel):

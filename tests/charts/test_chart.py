@@ -529,8 +529,8 @@ def test_the_readme_starts_workers_on_the_queues_runs_are_sent_to():
 
 
 
-def test_the_gateway_in_cluster_mode_may_create_and_read_runs_and_nothing_else(rendered,
-                                                                               tmp_path):
+def test_the_gateway_in_cluster_mode_may_create_read_and_cancel_runs_and_nothing_else(
+        rendered, tmp_path):
     docs = rendered["defaults"]  # the operator runs, so the gateway hands runs to it
     deploy = by_kind(docs, "Deployment")["rel-primer-gateway"]
     env = container_env(deploy)
@@ -540,9 +540,11 @@ def test_the_gateway_in_cluster_mode_may_create_and_read_runs_and_nothing_else(r
     assert pod["serviceAccountName"] == "rel-primer-gateway"
     assert by_kind(docs, "ServiceAccount")["rel-primer-gateway"][
         "automountServiceAccountToken"] is False  # only the Deployment's pods mount it
-    (rule,) = by_kind(docs, "Role")["rel-primer-gateway"]["rules"]
-    assert rule == {"apiGroups": ["primer.dev"], "verbs": ["create", "get", "list"],
+    runs, events = by_kind(docs, "Role")["rel-primer-gateway"]["rules"]
+    assert runs == {"apiGroups": ["primer.dev"], "verbs": ["create", "get", "list", "delete"],
                     "resources": ["curationruns", "generationruns", "evaluationruns"]}
+    assert events == {"apiGroups": [""], "verbs": ["get", "list"], "resources": ["events"]}
+    assert env["PRIMER_GATEWAY_RUN_TTL_SECONDS"]["value"] == str(7 * 24 * 3600)
     binding = by_kind(docs, "RoleBinding")["rel-primer-gateway"]
     assert binding["roleRef"]["name"] == "rel-primer-gateway"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-primer-gateway",

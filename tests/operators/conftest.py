@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,24 @@ RESOURCES = {
     "primer.dev/v1alpha1/evaluationruns": "EvaluationRun",
     "kubeflow.org/v1/pytorchjobs": "PyTorchJob",
     "batch/v1/jobs": "Job",
+    "v1/events": "Event",  # kopf posts the operator's log lines; the gateway reads them
 }
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator, plus what a real API server fills in on create: a name from
+    ``generateName`` (kopf's Events have none), a uid and a resourceVersion (kopf's
+    JSON-patches test it)."""
+
+    async def _handle(self, request: kmock.Request):
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("resourceVersion", "1")
+        return await super()._handle(request)
 
 
 class Cluster:
@@ -54,7 +71,7 @@ class Cluster:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with Emulator() as emulator, kmock.Server(emulator) as server:
             for key, kind in RESOURCES.items():
                 emulator.resources[key] = kmock.ResourceInfo(
                     kind=kind, namespaced=True, verbs=VERBS, subresources={"status"})
@@ -64,6 +81,14 @@ class Cluster:
             emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = \
                 kmock.ResourceInfo(kind="CustomResourceDefinition", namespaced=False,
                                    verbs={"get", "list", "watch"})
+            # The core group's discovery, as a real server answers it (kmock serves none): kopf
+            # posts the operator's log lines as Events once it has seen v1/events there.
+            emulator["get /api/v1"] << {"kind": "APIResourceList", "groupVersion": "v1",
+                                        "resources": [
+                {"name": "namespaces", "kind": "Namespace", "namespaced": False,
+                 "singularName": "namespace", "verbs": sorted(VERBS)},
+                {"name": "events", "kind": "Event", "namespaced": True,
+                 "singularName": "event", "verbs": sorted(VERBS)}]}
             emulator.objects[kmock.resource("v1/namespaces"), None, NS] = {
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
             self.emulator, self.url = emulator, str(server.url).rstrip("/")
@@ -91,8 +116,6 @@ class Cluster:
                         if p)
 
     def create(self, api_version: str, plural: str, obj: dict[str, Any]) -> None:
-        # A resourceVersion, as a real server sets: kopf's JSON-patches test it.
-        obj["metadata"].setdefault("resourceVersion", "1")
         requests.post(self.path(api_version, plural), json=obj, timeout=10).raise_for_status()
 
     def get(self, api_version: str, plural: str, name: str) -> dict[str, Any] | None:

@@ -25,7 +25,9 @@ def test_the_api_keeps_its_openapi_contract(redis_url, tmp_path, token):
         "/openapi.json", create_app(gateway_config(redis_url, tmp_path, token=token)))
     headers = {"Authorization": f"Bearer {token}"} if token else None
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/runs", "GET /v1/runs/{run_id}"}
+    assert {op.label for op in operations} >= {"POST /v1/runs", "GET /v1/runs/{run_id}",
+                                               "DELETE /v1/runs/{run_id}",
+                                               "GET /v1/runs/{run_id}/logs"}
     for operation in operations:
 
         @given(case=operation.as_strategy())
