@@ -54,7 +54,7 @@ def submit_evaluation_job(spec, name, namespace, body, status, patch, **_):
     try:
         job = evaluation_job_for(parsed, name, namespace, OperatorConfig.from_env())
     except kopf.PermanentError as e:
-        finish(patch, "Failed", str(e))
+        finish(patch, "Failed", str(e), reason="InvalidSpec", status=status)
         raise
     kube.create_owned(job, "jobs", body)
     if not (status or {}).get("job"):
@@ -87,7 +87,8 @@ def mirror_evaluation_job(spec, namespace, status, patch, logger, **_):
     """Phase from the Job; pass@1 into status when it succeeded."""
     job = kube.get(f"{API_VERSION}", "jobs", namespace, status["job"])
     if job is None:
-        finish(patch, "Failed", f"Job {status['job']} was deleted")
+        finish(patch, "Failed", f"Job {status['job']} was deleted", reason="JobDeleted",
+               status=status)
         return
     outcome = job_outcome(job)
     if outcome is None:
@@ -99,7 +100,8 @@ def mirror_evaluation_job(spec, namespace, status, patch, logger, **_):
         except (StorageError, OSError) as e:
             raise kopf.TemporaryError(f"cannot read the report in {parsed.output}: {e}",
                                       delay=RETRY_SECONDS) from e
-    finish(patch, outcome, f"evaluation Job {outcome.lower()}")
+    finish(patch, outcome, f"evaluation Job {outcome.lower()}", reason="JobFailed",
+           status=status)
 
 
 @kopf.on.delete(GROUP, VERSION, "evaluationruns", retries=DELETE_ATTEMPTS, backoff=RETRY_SECONDS)
