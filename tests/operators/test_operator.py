@@ -48,7 +48,12 @@ def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
     status = wait_for(lambda: (cluster.get(GV, "generationruns", "bad1").get("status") or {}
                                ).get("message"), "refusal")
     assert "spec.count" in status and "greater than or equal to 1" in status
-    assert cluster.get(GV, "generationruns", "bad1")["status"]["phase"] == "Failed"
+    status = cluster.get(GV, "generationruns", "bad1")["status"]
+    assert status["phase"] == "Failed"
+    (failed,) = status["conditions"]
+    assert (failed["type"], failed["status"], failed["reason"]) == ("Failed", "True",
+                                                                    "InvalidSpec")
+    assert failed["message"] == status["message"]
     cluster.delete(GV, "generationruns", "bad1")
     wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
 
