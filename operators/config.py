@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field, model_validator
 
 from primer.config import ConfigModel, load_config
+from primer.runs import QUEUES
 
 
 class OperatorConfig(ConfigModel):
@@ -26,8 +27,10 @@ class OperatorConfig(ConfigModel):
         "instance": "PRIMER_RELEASE"}
 
     redis_url: str = Field("redis://localhost:6379/0", description="Celery broker.")
-    generation_queue: str = Field("generation", description="Queue of the generation workers.")
-    curation_queue: str = Field("curation", description="Queue of the curation workers.")
+    generation_queue: str = Field(QUEUES["generation"], description=(
+        "Queue of the generation workers."))
+    curation_queue: str = Field(QUEUES["curation"], description=(
+        "Queue of the curation workers."))
     training_image: str = Field("ghcr.io/primer-ml/primer-train:0.1.0",
                                 description="Default PyTorchJob image.")
     evaluation_image: str = Field("ghcr.io/primer-ml/primer:0.1.0",

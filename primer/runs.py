@@ -31,6 +31,17 @@ Benchmark = Literal["humaneval", "mbpp"]
 #: Pending → Running → Succeeded | Failed, the same words in CR status and gateway runs.
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 TERMINAL = ("Succeeded", "Failed")
+#: The Celery queue (a Redis list) each component's units go to, whoever sends them (the CLI
+#: with ``--executor celery``, the gateway, the operator) and that its workers consume: the
+#: chart's defaults and the README's worker command name the same ones.
+QUEUES: dict[str, str] = {"curation": "curation", "generation": "generation",
+                          "evaluation": "evaluation"}
+
+
+def worker_command(*queues: str) -> str:
+    """The command that starts a worker consuming ``queues`` (for messages and docs)."""
+    return (f"PRIMER_REDIS_URL=redis://… celery -A primer.executor.celery_app worker "
+            f"-Q {','.join(queues)}")
 
 #: A text a user passes on: no leading "-" (a command line would read an option), no control
 #: characters.

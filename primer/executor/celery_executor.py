@@ -6,6 +6,7 @@ per poll (Celery's ``backend.get_many``), so waiting on many units stays cheap.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import celery.exceptions
@@ -23,6 +24,7 @@ from primer.executor.base import (
     skipped_outcomes,
 )
 from primer.executor.celery_app import TASK_NAME, CeleryConfig, make_app
+from primer.runs import QUEUES
 from primer.storage import open_storage
 
 
@@ -30,11 +32,16 @@ class CeleryExecutor(Executor):
     """Runs units as ``primer.run_unit`` tasks on whatever workers consume :attr:`queue`."""
 
     def __init__(self, broker_url: str | None = None, *, queue: str | None = None,
-                 timeout: float | None = None, poll_interval: float = 0.5):
-        """``broker_url`` and ``queue`` default to ``PRIMER_REDIS_URL`` and
-        ``PRIMER_CELERY_QUEUE``; ``timeout`` bounds the wait for results (None: forever),
-        after which the units still out are reported failed (a rerun picks them up)."""
+                 component: str | None = None, timeout: float | None = None,
+                 poll_interval: float = 0.5):
+        """``broker_url`` defaults to ``PRIMER_REDIS_URL``; ``queue`` to
+        ``PRIMER_CELERY_QUEUE``, else ``component``'s queue (:data:`primer.runs.QUEUES`, what
+        the chart's and the README's workers consume); ``timeout`` bounds the wait for
+        results (None: forever), after which the units still out are reported failed (a rerun
+        picks them up)."""
         env = CeleryConfig.from_env()
+        if not queue and component and not os.environ.get("PRIMER_CELERY_QUEUE"):
+            queue = QUEUES[component]
         self.config = CeleryConfig(redis_url=broker_url or env.redis_url,
                                    queue=queue or env.queue,
                                    visibility_timeout=env.visibility_timeout)

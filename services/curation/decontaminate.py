@@ -378,7 +378,7 @@ def make_executor(config: DecontaminateCommandConfig) -> Executor:
     if config.executor == "celery":
         from primer.executor import CeleryExecutor
 
-        return CeleryExecutor(config.redis.url)
+        return CeleryExecutor(config.redis.url, component="curation")
     return LocalExecutor(workers=config.workers)
 
 

@@ -449,7 +449,7 @@ def make_executor(cfg: CurationConfig) -> Executor:
     if cfg.executor == "celery":
         from primer.executor import CeleryExecutor
 
-        return CeleryExecutor(cfg.redis.url)
+        return CeleryExecutor(cfg.redis.url, component="curation")
     return LocalExecutor(workers=cfg.workers)
 
 

@@ -3,9 +3,11 @@
     POST /v1/runs          {"component": "generation", "kind": "textbooks", "count": 100}
                            → 201, the run (phase Pending), Location: /v1/runs/<id>
     GET  /v1/runs          newest first; ?component=&phase=&limit=&offset=
-    GET  /v1/runs/{id}     phase, progress (units done), outputs, error
+    GET  /v1/runs/{id}     phase, progress (units done), outputs, error, conditions (a run
+                           whose queue no worker consumes says so: consumers.py)
     GET  /metrics          Prometheus (see metrics.py)
-    GET  /healthz          the process is up;   GET /readyz: Redis answers
+    GET  /healthz          the process is up;   GET /readyz: Redis answers, and the
+                           consumers and waiting units of each queue
     GET  /openapi.json     this API's OpenAPI spec (docs at /docs)
 
 A request body is a run spec of :mod:`primer.runs` (``models.py``). In embedded mode the run
@@ -29,15 +31,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
-from primer.runs import Phase, SpecError
+from primer.runs import Phase, SpecError, worker_command
 from services.gateway import policy
 from services.gateway.auth import bearer_scheme
 from services.gateway.cluster import ClusterRuns, ClusterUnavailable
 from services.gateway.config import COMPONENTS, GatewayConfig
+from services.gateway.consumers import Consumers
 from services.gateway.embedded import EmbeddedRuns, NotPlanned
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector
-from services.gateway.models import ErrorBody, Run, RunBody, RunList
+from services.gateway.models import ErrorBody, Readiness, Run, RunBody, RunList
 from services.gateway.store import RunStore
 
 RUN_ID = r"^run-[0-9a-f]{12}$"
@@ -50,7 +53,8 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     embedded = EmbeddedRuns(store, config) if config.mode == "embedded" else None
     runs = embedded or ClusterRuns(config)
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(store, config))
+    consumers = Consumers(config.redis_url)
+    registry.register(GatewayCollector(store, config, consumers))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -123,7 +127,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         found = [r for r in runs.list(limit, offset)
                  if (component is None or r["component"] == component)
                  and (phase is None or r["phase"] == phase)]
-        return {"runs": found, "count": len(found)}
+        return {"runs": consumers.annotate(found), "count": len(found)}
 
     @app.get("/v1/runs/{run_id}", response_model=Run, dependencies=auth,
              responses={**ERRORS, 404: {"model": ErrorBody}}, summary="One run")
@@ -131,7 +135,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         record = runs.get(run_id)
         if record is None:
             raise HTTPException(404, f"no run with id {run_id!r}")
-        return record
+        return consumers.annotate([record])[0]
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
@@ -142,15 +146,24 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: Redis answers",
-             responses={503: {"model": ErrorBody}})
+    @app.get("/readyz", summary="Readiness: Redis answers; each queue's consumers",
+             response_model=Readiness, responses={503: {"model": ErrorBody}})
     def readyz() -> JSONResponse:
         try:
             store.client.ping()
+            waiting = {q: store.client.llen(q) for q in sorted(set(config.queues.values()))}
         except redis.RedisError as exc:
-            return JSONResponse({"error": f"Redis at {config.redis_url} does not answer: "
-                                 f"{exc}", "fields": []}, 503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"error": f"Redis at {_safe(config.redis_url)} does not "
+                                 f"answer: {exc}", "fields": []}, 503)
+        try:
+            counts, notes = consumers.counts(), []
+        except Exception as exc:  # ready to serve all the same; the workers are unknown
+            counts, notes = None, [f"cannot ask the workers: {type(exc).__name__}: {exc}"]
+        queues = {q: {"consumers": None if counts is None else counts[q], "waiting": n}
+                  for q, n in waiting.items()}
+        notes += [f"no worker consumes queue {q!r}: start one with `{worker_command(q)}`"
+                  for q, v in queues.items() if v["consumers"] == 0]
+        return JSONResponse({"status": "ready", "queues": queues, "notes": notes})
 
     app.state.store, app.state.runs = store, runs
     return app
@@ -163,6 +176,12 @@ class RunRefused(Exception):
     def __init__(self, problems: list[tuple[str, str]]):
         super().__init__(problems)
         self.problems = problems
+
+
+def _safe(url: str) -> str:
+    """``url`` without its password (error messages are read by whoever calls /readyz)."""
+    head, at, host = url.rpartition("@")
+    return f"{head.split('//')[0]}//…@{host}" if at else url
 
 
 def _field(loc: tuple) -> str:

@@ -6,7 +6,7 @@
     primer runs submit curation input=s3://primer/raw --classify.n_estimators=50
     primer runs submit evaluation checkpoint=s3://primer/models/phi benchmarks=[humaneval]
     primer runs list --phase Running
-    primer runs get run-0123456789ab --wait      # exit 1 if it failed
+    primer runs get run-0123456789ab --wait      # exit 1 if it failed (3: --timeout passed)
 
 ``key=value`` sets a field of the run spec (:mod:`primer.runs`; values parsed as YAML:
 ``count=10`` is a number, ``teacher.url=…`` a nested field); ``--section.key=value`` sets the
@@ -113,24 +113,49 @@ def list_runs(gateway: Gateway,
     except GatewayError as exc:
         _fail(exc)
     for run in runs:
+        waiting = "".join(f"  ({c['reason']}: queue {run['queue']})"
+                          for c in run.get("conditions") or [])
         typer.echo(f"{run['id']}  {run['component']:<10}  {run['phase']:<9}  "
                    f"{run['progress']['units_done']}/{run['progress']['units_total']} units  "
-                   f"{run['created_at']}")
+                   f"{run['created_at']}{waiting}")
 
 
 @app.command("get")
 def get(run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")], gateway: Gateway,
         wait: Annotated[bool, typer.Option("--wait", help="Poll until it ends; exit 1 if it "
                                            "failed.")] = False,
-        interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 2.0) -> None:
-    """Print one run as JSON."""
+        interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 2.0,
+        timeout: Annotated[float | None, typer.Option(
+            help="With --wait: give up after this many seconds (exit 3).")] = None) -> None:
+    """Print one run as JSON. While waiting, says on stderr why a run is not moving (e.g. no
+    worker consumes its queue)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    path = f"/v1/runs/{urllib.parse.quote(run_id)}"
     try:
-        run = call(gateway, "GET", f"/v1/runs/{urllib.parse.quote(run_id)}")
+        run = call(gateway, "GET", path)
+        said: list[str] = []
         while wait and run["phase"] not in ("Succeeded", "Failed"):
+            said = _say_conditions(run, said)
+            if deadline is not None and time.monotonic() >= deadline:
+                _echo(run)
+                typer.secho(f"{run_id} is still {run['phase']} after {timeout:g} s",
+                            fg="yellow", err=True)
+                raise typer.Exit(3)
             time.sleep(interval)
-            run = call(gateway, "GET", f"/v1/runs/{urllib.parse.quote(run_id)}")
+            run = call(gateway, "GET", path)
     except GatewayError as exc:
         _fail(exc)
     _echo(run)
     if wait and run["phase"] == "Failed":
         raise typer.Exit(1)
+
+
+def _say_conditions(run: dict[str, Any], said: list[str]) -> list[str]:
+    """Print each condition of ``run`` once (and once when they all clear)."""
+    now = [c["message"] for c in run.get("conditions") or []]
+    for message in now:
+        if message not in said:
+            typer.secho(f"waiting: {message}", fg="yellow", err=True)
+    if said and not now:
+        typer.secho(f"{run['id']}: moving again", err=True)
+    return now

@@ -12,7 +12,7 @@
 - ``PRIMER_GATEWAY_MAX_BODY_BYTES``: largest request body, refused (413) unread [262144];
 - ``PRIMER_GATEWAY_RATE_LIMIT``: ``/v1/*`` requests a minute per token (per client address
   without auth), then 429 with Retry-After; 0 turns it off [600];
-- ``PRIMER_GATEWAY_QUEUE_<COMPONENT>``: Celery queue per component [the component's name];
+- ``PRIMER_GATEWAY_QUEUE_<COMPONENT>``: Celery queue per component [``primer.runs.QUEUES``];
 - ``PRIMER_GATEWAY_MODE``: ``embedded`` (the gateway plans runs and sends their units itself)
   or ``cluster`` (it creates ``primer.dev`` custom resources for the operator) [``cluster``
   when the pod has a service-account token, else ``embedded``];
@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-COMPONENTS = ("curation", "generation", "evaluation")
+from primer.runs import QUEUES
+
+COMPONENTS = tuple(QUEUES)
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -59,9 +61,9 @@ class GatewayConfig:
     rate_limit: int = 600
     """``/v1/*`` requests per minute per token, per client address when auth is off
     (``PRIMER_GATEWAY_RATE_LIMIT``); above it, 429 with Retry-After. 0: no limit."""
-    queues: dict[str, str] = field(default_factory=lambda: {c: c for c in COMPONENTS})
-    """Celery queue per component (``PRIMER_GATEWAY_QUEUE_<COMPONENT>``); the chart's
-    workers consume ``curation``, ``generation`` and ``evaluation``."""
+    queues: dict[str, str] = field(default_factory=lambda: dict(QUEUES))
+    """Celery queue per component (``PRIMER_GATEWAY_QUEUE_<COMPONENT>``; default
+    :data:`primer.runs.QUEUES`, what the chart's workers consume)."""
     mode: Literal["embedded", "cluster"] = "embedded"
     """``embedded``: the gateway's reconciler drives each run's planner over Celery;
     ``cluster``: runs are ``primer.dev`` custom resources the operator drives
@@ -86,7 +88,8 @@ class GatewayConfig:
             endpoints=_list(env.get("PRIMER_GATEWAY_ENDPOINTS", "")),
             max_body_bytes=_int(env, "PRIMER_GATEWAY_MAX_BODY_BYTES", cls.max_body_bytes),
             rate_limit=_int(env, "PRIMER_GATEWAY_RATE_LIMIT", cls.rate_limit),
-            queues={c: env.get(f"PRIMER_GATEWAY_QUEUE_{c.upper()}", c) for c in COMPONENTS},
+            queues={c: env.get(f"PRIMER_GATEWAY_QUEUE_{c.upper()}") or q
+                    for c, q in QUEUES.items()},
             mode=_mode(env.get("PRIMER_GATEWAY_MODE", "")),
             reconcile_seconds=float(env.get("PRIMER_GATEWAY_RECONCILE_SECONDS") or 2.0),
             kube_api=env.get("PRIMER_GATEWAY_KUBE_API") or None,

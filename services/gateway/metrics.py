@@ -1,8 +1,8 @@
 """``GET /metrics``: computed at scrape time from Redis, so every replica reports the same.
 
 - ``primer_queue_length{queue}``: units waiting in each Celery queue (what KEDA scales on);
-- ``primer_queue_consumers{queue}``: workers consuming each queue (Celery's ``active_queues``
-  broadcast; a scrape waits ``consumer_timeout`` for the replies), 0 when none does;
+- ``primer_queue_consumers{queue}``: workers consuming each queue (``consumers.py``: Celery's
+  ``active_queues`` broadcast, asked at most every few seconds), 0 when none does;
 - ``primer_runs{component,phase}``: run records by phase;
 - ``primer_units_done{component}``: work units completed (markers) over all runs — finished
   runs from their recorded totals, running ones from their last progress refresh;
@@ -32,9 +32,9 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from primer.executor.celery_app import CeleryConfig, make_app
 from primer.teacher.client import LATENCY_BUCKETS
 from services.gateway.config import COMPONENTS, GatewayConfig
+from services.gateway.consumers import Consumers
 from services.gateway.store import RunStore
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed")
@@ -43,11 +43,10 @@ RECENT_RUNS = 20
 
 
 class GatewayCollector(Collector):
-    def __init__(self, store: RunStore, config: GatewayConfig, max_runs: int = 10_000,
-                 consumer_timeout: float = 1.0):
+    def __init__(self, store: RunStore, config: GatewayConfig, consumers: Consumers,
+                 max_runs: int = 10_000):
         self.store, self.config, self.max_runs = store, config, max_runs
-        self.consumer_timeout = consumer_timeout
-        self._celery = make_app(CeleryConfig(redis_url=config.redis_url))
+        self.consumers = consumers
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         names = sorted(set(self.config.queues.values()))
@@ -56,7 +55,7 @@ class GatewayCollector(Collector):
         for name in names:
             queue.add_metric([name], self.store.client.llen(name))
         yield queue
-        consumers = self.consumers()
+        consumers = self.consumers.counts()
         workers = GaugeMetricFamily("primer_queue_consumers",
                                     "Workers consuming a Celery queue.", labels=["queue"])
         for name in names:
@@ -94,11 +93,6 @@ class GatewayCollector(Collector):
                            if gen["teacher_requests"] else 0.0)
         yield latency
         yield _latency_histogram(gen)
-
-    def consumers(self) -> Counter[str]:
-        """Workers per queue, from the workers' replies to Celery's ``active_queues``."""
-        replies = self._celery.control.inspect(timeout=self.consumer_timeout).active_queues()
-        return Counter(q["name"] for queues in (replies or {}).values() for q in queues)
 
 
 def _per_run(runs: list[dict[str, Any]]) -> Iterator[GaugeMetricFamily]:

@@ -59,6 +59,12 @@ class Progress(BaseModel):
     detail: str = Field("", description="What the numbers are based on.")
 
 
+class Condition(BaseModel):
+    type: str = Field(description="Waiting: something the run needs is missing.")
+    reason: str = Field(description="NoConsumer: no worker consumes the run's queue.")
+    message: str = Field(description="What is missing and how to provide it.")
+
+
 class Run(BaseModel):
     id: str
     component: Component
@@ -79,6 +85,9 @@ class Run(BaseModel):
         "be > 0 (unit read-0 of step curate-read; 1 unit(s) failed)\")."))
     traceback: str | None = Field(None, description=(
         "The plain-text traceback behind the error, when there is one."))
+    conditions: list[Condition] = Field(default_factory=list, description=(
+        "Why a run that has not ended is not moving, e.g. NoConsumer (its queue has no "
+        "worker); empty when nothing is missing."))
 
 
 class RunList(BaseModel):
@@ -94,3 +103,15 @@ class FieldError(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     fields: list[FieldError] = Field(default_factory=list)
+
+
+class QueueState(BaseModel):
+    consumers: int | None = Field(description="Workers consuming it; null: unknown.")
+    waiting: int = Field(description="Units waiting in it.")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    queues: dict[str, QueueState] = Field(description="Each queue runs are sent to.")
+    notes: list[str] = Field(description="Queues without a worker (and the command that "
+                             "starts one), or why the workers could not be asked.")

@@ -97,7 +97,7 @@ def _executor(kind: ExecutorKind, config: GenerateConfig) -> Executor:
     if kind is ExecutorKind.celery:
         from primer.executor import CeleryExecutor
 
-        return CeleryExecutor(config.redis.url)
+        return CeleryExecutor(config.redis.url, component="generation")
     return LocalExecutor(workers=config.workers or None)
 
 

@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
+from operators.config import OperatorConfig
 from primer.k8s import TrainingJobSpec, build_pytorchjob
+from primer.runs import QUEUES
+from services.gateway.config import GatewayConfig
 from tests.charts.k8s_schemas import CHART, REPO, helm, validate
 from tests.servers import free_port
 
@@ -510,7 +513,19 @@ def test_gateway_gets_its_token_from_a_secret_and_the_workers_queues(rendered):
         worker_env = {e["name"]: e.get("value") for e in
                       deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert off[f"PRIMER_GATEWAY_QUEUE_{component.upper()}"]["value"] == \
-            worker_env["PRIMER_CELERY_QUEUE"]
+            worker_env["PRIMER_CELERY_QUEUE"] == QUEUES[component]
+
+
+def test_the_readme_starts_workers_on_the_queues_runs_are_sent_to():
+    """One set of queue names: what the README's worker consumes is what every door sends to
+    (the gateway's and the operator's defaults, the CLI's per component)."""
+    readme = (REPO / "README.md").read_text()
+    consumed = re.search(r"celery -A primer.executor.celery_app worker -Q (\S+)", readme)
+    assert consumed and set(consumed[1].split(",")) == set(QUEUES.values())
+    assert GatewayConfig().queues == QUEUES
+    operator = OperatorConfig()
+    assert (operator.curation_queue, operator.generation_queue) == \
+        (QUEUES["curation"], QUEUES["generation"])
 
 
 

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from primer.progress import unit_stats
 from primer.teacher.client import LATENCY_BUCKETS, Usage
 from services.gateway.app import create_app
+from services.gateway.consumers import Consumers
 from services.gateway.metrics import GatewayCollector
 from services.gateway.store import RunStore
 from tests.charts.k8s_schemas import CHART, helm, validate
@@ -214,7 +215,7 @@ def exported_names(redis_url: str, tmp_path: Path) -> set[str]:
     config = gateway_config(redis_url, tmp_path)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(RunStore.from_url(redis_url), config,
-                                       consumer_timeout=0.2))
+                                       Consumers(redis_url, timeout=0.2)))
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
     return ({f.name for f in families if f.type != "histogram"}
             | {s.name for f in families for s in f.samples})

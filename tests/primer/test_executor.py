@@ -161,6 +161,17 @@ def test_celery_config_has_the_delivery_guarantees(monkeypatch):
     assert CeleryConfig.from_env().max_deliveries == 5
 
 
+def test_a_components_units_go_to_its_own_queue_unless_one_is_named(monkeypatch):
+    from primer.executor.celery_executor import CeleryExecutor
+
+    monkeypatch.delenv("PRIMER_CELERY_QUEUE", raising=False)
+    assert CeleryExecutor("redis://localhost:1/0", component="curation").queue == "curation"
+    assert CeleryExecutor("redis://localhost:1/0", component="generation",
+                          queue="mine").queue == "mine"
+    monkeypatch.setenv("PRIMER_CELERY_QUEUE", "q1")
+    assert CeleryExecutor("redis://localhost:1/0", component="curation").queue == "q1"
+
+
 @contextlib.contextmanager
 def celery_workers(redis_url: str, queue: str, logs: Path, n: int = 2, **extra_env: str):
     """``n`` real ``celery worker`` processes (each its own process group) on ``queue``."""
