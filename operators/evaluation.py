@@ -71,6 +71,17 @@ def job_outcome(job: dict[str, Any]) -> str | None:
     return None
 
 
+def job_failure(job: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a failed Job, from its Failed condition (``BackoffLimitExceeded``,
+    ``DeadlineExceeded``: what Kubernetes says went wrong)."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
+            reason = c.get("reason") or "JobFailed"
+            detail = c.get("message") or ""
+            return reason, f"evaluation Job failed: {reason}" + (f": {detail}" if detail else "")
+    return "JobFailed", "evaluation Job failed"
+
+
 def pass_at_1(spec: EvaluationRun) -> dict[str, float]:
     """pass@1 per benchmark from the evaluator's summaries (those written so far)."""
     scores = {}
@@ -93,15 +104,17 @@ def mirror_evaluation_job(spec, namespace, status, patch, logger, **_):
     outcome = job_outcome(job)
     if outcome is None:
         return
-    if outcome == "Succeeded":
-        parsed = refuse_invalid(EvaluationRun, spec, patch)
-        try:
-            patch.status["passAt1"] = pass_at_1(parsed)
-        except (StorageError, OSError) as e:
-            raise kopf.TemporaryError(f"cannot read the report in {parsed.output}: {e}",
-                                      delay=RETRY_SECONDS) from e
-    finish(patch, outcome, f"evaluation Job {outcome.lower()}", reason="JobFailed",
-           status=status)
+    if outcome == "Failed":
+        reason, message = job_failure(job)
+        finish(patch, "Failed", message, reason=reason, status=status)
+        return
+    parsed = refuse_invalid(EvaluationRun, spec, patch)
+    try:
+        patch.status["passAt1"] = pass_at_1(parsed)
+    except (StorageError, OSError) as e:
+        raise kopf.TemporaryError(f"cannot read the report in {parsed.output}: {e}",
+                                  delay=RETRY_SECONDS) from e
+    finish(patch, "Succeeded", "evaluation Job succeeded")
 
 
 @kopf.on.delete(GROUP, VERSION, "evaluationruns", retries=DELETE_ATTEMPTS, backoff=RETRY_SECONDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import kopf
 
+from operators.evaluation import job_failure
 from operators.status import finish, set_condition
 from primer.errors import MESSAGE_LIMIT
 from tests.operators.test_crds import validator
@@ -55,3 +56,15 @@ def test_the_failed_condition_joins_the_conditions_already_there():
     assert "conditions" not in patch["status"] and patch["status"]["phase"] == "Succeeded"
     changed = set_condition(waiting, "Waiting", "False", "Consumed", "a worker took it")
     assert changed[0]["status"] == "False" and changed[0]["lastTransitionTime"]
+
+
+def test_a_failed_evaluation_job_says_what_kubernetes_said():
+    job = {"status": {"conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"},
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}}
+    assert job_failure(job) == ("BackoffLimitExceeded", "evaluation Job failed: "
+                                "BackoffLimitExceeded: Job has reached the specified backoff "
+                                "limit")
+    assert job_failure({"status": {}}) == ("JobFailed", "evaluation Job failed")
