@@ -54,7 +54,7 @@ def submit_evaluation_job(spec, name, namespace, body, status, patch, **_):
     try:
         job = evaluation_job_for(parsed, name, namespace, OperatorConfig.from_env())
     except kopf.PermanentError as e:
-        finish(patch, "Failed", str(e))
+        finish(patch, "Failed", str(e), reason="InvalidSpec", status=status)
         raise
     kube.create_owned(job, "jobs", body)
     if not (status or {}).get("job"):
@@ -69,6 +69,17 @@ def job_outcome(job: dict[str, Any]) -> str | None:
         if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
             return "Failed"
     return None
+
+
+def job_failure(job: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a failed Job, from its Failed condition (``BackoffLimitExceeded``,
+    ``DeadlineExceeded``: what Kubernetes says went wrong)."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
+            reason = c.get("reason") or "JobFailed"
+            detail = c.get("message") or ""
+            return reason, f"evaluation Job failed: {reason}" + (f": {detail}" if detail else "")
+    return "JobFailed", "evaluation Job failed"
 
 
 def pass_at_1(spec: EvaluationRun) -> dict[str, float]:
@@ -87,19 +98,23 @@ def mirror_evaluation_job(spec, namespace, status, patch, logger, **_):
     """Phase from the Job; pass@1 into status when it succeeded."""
     job = kube.get(f"{API_VERSION}", "jobs", namespace, status["job"])
     if job is None:
-        finish(patch, "Failed", f"Job {status['job']} was deleted")
+        finish(patch, "Failed", f"Job {status['job']} was deleted", reason="JobDeleted",
+               status=status)
         return
     outcome = job_outcome(job)
     if outcome is None:
         return
-    if outcome == "Succeeded":
-        parsed = refuse_invalid(EvaluationRun, spec, patch)
-        try:
-            patch.status["passAt1"] = pass_at_1(parsed)
-        except (StorageError, OSError) as e:
-            raise kopf.TemporaryError(f"cannot read the report in {parsed.output}: {e}",
-                                      delay=RETRY_SECONDS) from e
-    finish(patch, outcome, f"evaluation Job {outcome.lower()}")
+    if outcome == "Failed":
+        reason, message = job_failure(job)
+        finish(patch, "Failed", message, reason=reason, status=status)
+        return
+    parsed = refuse_invalid(EvaluationRun, spec, patch)
+    try:
+        patch.status["passAt1"] = pass_at_1(parsed)
+    except (StorageError, OSError) as e:
+        raise kopf.TemporaryError(f"cannot read the report in {parsed.output}: {e}",
+                                  delay=RETRY_SECONDS) from e
+    finish(patch, "Succeeded", "evaluation Job succeeded")
 
 
 @kopf.on.delete(GROUP, VERSION, "evaluationruns", retries=DELETE_ATTEMPTS, backoff=RETRY_SECONDS)

@@ -18,6 +18,7 @@ from operators.config import DELETE_ATTEMPTS, POLL_SECONDS, RETRY_SECONDS, Opera
 from operators.status import GROUP, VERSION, finish, is_terminal, now, refuse_invalid
 from primer import progress
 from primer.config import ConfigError
+from primer.errors import plain_traceback, short_error
 from primer.executor import queue
 from primer.executor.plan import RunFailed, planner, reconcile
 from primer.runs import S3_URI, CurationRun, GenerationRun
@@ -58,7 +59,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     kind, model, queue_of = KINDS[resource.plural]
     parsed = refuse_invalid(model, spec, patch)
     if not re.match(S3_URI, parsed.output or ""):
-        finish(patch, "Failed", "spec.output: give an s3:// URI (pods read and write S3)")
+        finish(patch, "Failed", "spec.output: give an s3:// URI (pods read and write S3)",
+               reason="InvalidSpec")
         raise kopf.PermanentError("spec.output is not an s3:// URI")
     config = OperatorConfig.from_env()
     queue_name = status.get("queue") or queue_of(config)
@@ -70,10 +72,11 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
                          lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix))
         stats = progress.unit_stats(plan.output(target), memo.setdefault("markers", {}))
     except (queue.QueueUnavailable, StorageError, OSError) as e:
-        raise kopf.TemporaryError(f"{type(e).__name__}: {e}", delay=RETRY_SECONDS) from e
+        raise kopf.TemporaryError(short_error(e), delay=RETRY_SECONDS) from e
     except (ConfigError, RunFailed, ValueError) as e:  # the spec cannot be run as it is
-        finish(patch, "Failed", f"{type(e).__name__}: {e}")
-        raise kopf.PermanentError(str(e)) from e
+        finish(patch, "Failed", short_error(e), reason="InvalidRun",
+               traceback=plain_traceback(e), status=status)
+        raise kopf.PermanentError(short_error(e)) from e
     started = status.get("startedAt") or now()
     patch.status.update(
         phase="Running", startedAt=started, queue=queue_name, job=tick.job, stage=tick.stage,
@@ -91,7 +94,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
         patch.status.update(progress="done", outputs={
             k: v for k, v in (tick.result or {}).items() if isinstance(v, str | int | float)})
     elif tick.phase == "Failed":
-        finish(patch, "Failed", tick.error or "a unit failed")
+        finish(patch, "Failed", tick.error or "a unit failed", reason="UnitFailed",
+               traceback=tick.traceback, status=status)
         _event(body, "Failed", tick.error or "a unit failed", warning=True)
 
 

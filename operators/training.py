@@ -51,7 +51,7 @@ def submit_pytorchjob(spec, name, namespace, body, status, patch, **_):
     try:
         job = pytorchjob_for(parsed, name, namespace, OperatorConfig.from_env())
     except kopf.PermanentError as e:
-        finish(patch, "Failed", str(e))
+        finish(patch, "Failed", str(e), reason="InvalidSpec", status=status)
         raise
     kube.create_owned(job, PLURAL, body)
     if not (status or {}).get("job"):
@@ -74,13 +74,15 @@ def mirror_pytorchjob(spec, name, namespace, body, status, patch, memo, logger, 
     """The PyTorchJob's conditions and phase into the run's status; then checkpoints."""
     job = kube.get(API_VERSION, PLURAL, namespace, status["job"])
     if job is None:
-        finish(patch, "Failed", f"PyTorchJob {status['job']} was deleted")
+        finish(patch, "Failed", f"PyTorchJob {status['job']} was deleted",
+               reason="PyTorchJobDeleted", status=status)
         return
     phase, message = phase_of(job)
-    patch.status.update(phase=phase, message=message,
-                        conditions=(job.get("status") or {}).get("conditions") or [])
+    conditions = (job.get("status") or {}).get("conditions") or []
+    patch.status.update(phase=phase, message=message, conditions=conditions)
     if phase in ("Succeeded", "Failed"):
-        finish(patch, phase, message)
+        reason = next((c.get("reason") for c in conditions if c.get("type") == "Failed"), "")
+        finish(patch, phase, message, reason=reason or "PyTorchJobFailed")
     parsed = refuse_invalid(TrainingRun, spec, patch)
     step = record_checkpoint(parsed.output, patch, logger)
     if step is not None and parsed.evaluate_every:

@@ -22,7 +22,6 @@ import os
 import re
 import socket
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -36,6 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from primer.errors import plain_traceback, short_error
 from primer.storage import ObjectNotFoundError, Storage, open_storage
 
 log = logging.getLogger("primer.executor")
@@ -109,9 +109,9 @@ class UnitFailure:
 
     unit_id: str
     error: str
-    """``"ExceptionType: message"``."""
+    """``"ExceptionType: message"``, one line (:func:`primer.errors.short_error`)."""
     traceback: str
-    """The formatted traceback from the process that ran the unit ("" if it died hard)."""
+    """The plain-text traceback from the process that ran the unit ("" if it died hard)."""
 
 
 @dataclass
@@ -225,8 +225,8 @@ def run_unit(unit: WorkUnit, state_uri: str, job: str = "",
     except Exception as exc:
         with contextlib.suppress(Exception):  # recording must not hide the unit's own error
             state.write_text(failure_key(unit.id), json.dumps({
-                "job": job, "unit": unit.id, "fn": unit.fn, "error": f"{type(exc).__name__}: "
-                f"{exc}", "traceback": traceback.format_exc(), "host": host,
+                "job": job, "unit": unit.id, "fn": unit.fn, "error": short_error(exc),
+                "traceback": plain_traceback(exc), "host": host,
                 "failed_at": datetime.datetime.now(datetime.UTC).isoformat()}, indent=1))
         raise
     duration = time.monotonic() - start
@@ -247,7 +247,7 @@ def run_unit_captured(unit: WorkUnit, state_uri: str, job: str = "") -> UnitOutc
     try:
         return run_unit(unit, state_uri, job)
     except Exception as exc:
-        return UnitFailure(unit.id, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return UnitFailure(unit.id, short_error(exc), plain_traceback(exc))
 
 
 # -- the executor interface -----------------------------------------------------------------

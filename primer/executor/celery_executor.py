@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import celery.exceptions
 
+from primer.errors import clip, plain, short_error
 from primer.executor.base import (
     Executor,
     Job,
@@ -87,8 +88,8 @@ class CeleryExecutor(Executor):
                                       value["duration_s"])
                 else:  # FAILURE or REVOKED; the result is the exception
                     exc = meta["result"]
-                    yield UnitFailure(unit_id, f"{type(exc).__name__}: {exc}",
-                                      meta.get("traceback") or "")
+                    yield UnitFailure(unit_id, short_error(exc),
+                                      clip(plain(meta.get("traceback") or "")))
         except celery.exceptions.TimeoutError:
             for unit_id in waiting.values():
                 yield UnitFailure(unit_id, f"TimeoutError: no result after {self.timeout}s "

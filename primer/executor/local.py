@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import traceback
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from primer.errors import plain_traceback, short_error
 from primer.executor.base import (
     Executor,
     Job,
@@ -98,8 +98,8 @@ class LocalExecutor(Executor):
                             suspects.append(unit)
                             continue
                         except Exception as exc:
-                            outcome = UnitFailure(unit.id, f"{type(exc).__name__}: {exc}",
-                                                  traceback.format_exc())
+                            outcome = UnitFailure(unit.id, short_error(exc),
+                                                  plain_traceback(exc))
                         yield outcome
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)

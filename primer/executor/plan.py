@@ -18,6 +18,7 @@ CLI finds its sub-commands, so neither the gateway nor the operator imports a co
 from __future__ import annotations
 
 import abc
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from primer.errors import MESSAGE_LIMIT, clip, one_line, plain
 from primer.executor.base import (
     Executor,
     Job,
@@ -134,6 +136,9 @@ class Tick:
     """Units sent to the queue by this call."""
     result: dict[str, Any] | None = None
     error: str | None = None
+    """Why the run failed, in one line (:func:`primer.errors.short_error`)."""
+    traceback: str | None = None
+    """The plain-text traceback behind ``error``, when there is one."""
 
 
 def reconcile(plan: Planner[C], config: C, sent: str | None,
@@ -163,20 +168,23 @@ def reconcile(plan: Planner[C], config: C, sent: str | None,
     else:
         failed = sorted(failed_ids(state) & (set(ids) - done))
         if failed:
-            return Tick("Failed", job.name, step.stage, len(done), len(ids),
-                        error=_failure_message(state, job, failed))
+            error, trace = _failure_message(state, job, failed)
+            return Tick("Failed", job.name, step.stage, len(done), len(ids), error=error,
+                        traceback=trace)
     return Tick("Running", job.name, step.stage, len(done), len(ids), count)
 
 
-def _failure_message(state, job: Job, failed: list[str]) -> str:
-    import json
-
+def _failure_message(state, job: Job, failed: list[str]) -> tuple[str, str | None]:
+    """(one line: the first failed unit's exception, then where; its plain traceback)."""
     try:
         record = json.loads(state.read_text(failure_key(failed[0])))
     except (ObjectNotFoundError, ValueError):
         record = {}
-    return (f"{job.name}: {len(failed)} unit(s) failed; first {failed[0]}: "
-            f"{record.get('error', 'unknown error')}")
+    # A record's error is already one line; plain() again for records older workers wrote.
+    where = f" (unit {failed[0]} of step {job.name}; {len(failed)} unit(s) failed)"
+    error = one_line(record.get("error") or "unknown error", MESSAGE_LIMIT - len(where))
+    trace = record.get("traceback")
+    return error + where, clip(plain(trace)) if trace else None
 
 
 def unit_result(state_uri: str, unit_id: str) -> Any:

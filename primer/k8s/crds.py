@@ -80,6 +80,8 @@ STATUS: dict[str, Any] = {
     "progress": _string("Progress in a word or two, e.g. '12/40 units' or 'step 2000'."),
     "startedAt": _string("When the operator started the work.", format="date-time"),
     "completedAt": _string("When the run reached Succeeded or Failed.", format="date-time"),
+    "traceback": _string("Plain-text traceback of the error that failed the run (or the whole "
+                         "error, when the one-line message had to cut it)."),
     "conditions": {
         "type": "array",
         "description": "Conditions (type, status, reason, message, lastTransitionTime).",

@@ -35,7 +35,7 @@ SUBMITTED = "primer.dev/submitted-at"
 TIMEOUT = (5, 20)  # connect, read: a dead API server fails a request, never hangs it
 # status fields the Run maps itself; any other one of a finished run is an output
 _MAPPED = {"phase", "message", "progress", "startedAt", "completedAt", "conditions", "units",
-           "tokens", "etaSeconds", "queue", "finishing"}
+           "tokens", "etaSeconds", "queue", "finishing", "traceback"}
 
 
 class ClusterUnavailable(RuntimeError):
@@ -175,7 +175,8 @@ def run_of(component: str, obj: dict[str, Any]) -> dict[str, Any]:
         "stats": stats,
         "outputs": {k: v for k, v in status.items() if k not in _MAPPED}
         if phase == "Succeeded" else {},
-        "error": status.get("message") if phase == "Failed" else None}
+        "error": status.get("message") if phase == "Failed" else None,
+        "traceback": status.get("traceback") if phase == "Failed" else None}
 
 
 def _objects(api_url: str | None):

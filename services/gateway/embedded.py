@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from primer import progress
+from primer.errors import one_line, plain_traceback, short_error
 from primer.executor import Job
 from primer.executor.plan import RunFailed, Tick, planner, reconcile
 from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
@@ -65,7 +66,7 @@ class EmbeddedRuns:
                   "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
                   "output": spec.output, "queue": self.config.queues[component], "job": None,
                   "created_at": now(), "progress": {"detail": "waiting for the reconciler"},
-                  "stats": {}, "outputs": {}, "error": None}
+                  "stats": {}, "outputs": {}, "error": None, "traceback": None}
         self.store.create(record, time.time())
         self.store.log(run_id, f"submitted: {component} run, units go to queue "
                                f"{record['queue']}")
@@ -173,13 +174,14 @@ class Reconciler:
             tick = reconcile(plan, plan.resolve(parse_spec(KINDS[component], record["spec"])),
                              record.get("job"), send)
         except TRANSIENT as exc:
-            return {"progress": {**record["progress"], "detail": f"will retry: {exc}"}}
+            return {"progress": {**record["progress"],
+                                 "detail": f"will retry: {one_line(str(exc))}"}}
         except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
             log.warning("run %s failed: %s", run_id, exc)
             last = record["progress"]
             tick = Tick("Failed", record.get("job"), last.get("stage", ""),
                         last.get("units_done", 0), last.get("units_total", 0),
-                        error=f"{type(exc).__name__}: {exc}")
+                        error=short_error(exc), traceback=plain_traceback(exc))
         changes: dict[str, Any] = {
             **started, "phase": tick.phase, "job": tick.job,
             "progress": {"units_done": tick.done, "units_total": tick.total,
@@ -193,7 +195,7 @@ class Reconciler:
             done = changes["stats"].get("units_done", 0)
             changes["progress"].update(units_done=done, units_total=done)
         elif tick.phase == "Failed":
-            changes.update(finished_at=now(), error=tick.error)
+            changes.update(finished_at=now(), error=tick.error, traceback=tick.traceback)
             cancel(queue, self.config.redis_url, task_prefix("gateway", run_id))
         return changes
 
@@ -220,4 +222,4 @@ def _stats(output: str) -> dict[str, Any]:
     try:
         return progress.unit_stats(output)
     except Exception as exc:  # totals are best effort; the phase is recorded anyway
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": short_error(exc)}

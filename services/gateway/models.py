@@ -80,7 +80,11 @@ class Run(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict, description=(
         "Totals over the run's unit markers (units, seconds, teacher tokens)."))
     outputs: dict[str, Any] = Field(default_factory=dict, description="Set on success.")
-    error: str | None = Field(None, description="Why it failed.")
+    error: str | None = Field(None, description=(
+        "Why it failed, in one line: the exception and where (e.g. \"ValueError: count must "
+        "be > 0 (unit read-0 of step curate-read; 1 unit(s) failed)\")."))
+    traceback: str | None = Field(None, description=(
+        "The plain-text traceback behind the error, when there is one."))
     conditions: list[Condition] = Field(default_factory=list, description=(
         "Why a run that has not ended is not moving, e.g. NoConsumer (its queue has no "
         "worker); empty when nothing is missing."))

@@ -48,7 +48,12 @@ def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
     status = wait_for(lambda: (cluster.get(GV, "generationruns", "bad1").get("status") or {}
                                ).get("message"), "refusal")
     assert "spec.count" in status and "greater than or equal to 1" in status
-    assert cluster.get(GV, "generationruns", "bad1")["status"]["phase"] == "Failed"
+    status = cluster.get(GV, "generationruns", "bad1")["status"]
+    assert status["phase"] == "Failed"
+    (failed,) = status["conditions"]
+    assert (failed["type"], failed["status"], failed["reason"]) == ("Failed", "True",
+                                                                    "InvalidSpec")
+    assert failed["message"] == status["message"]
     cluster.delete(GV, "generationruns", "bad1")
     wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
 
@@ -69,3 +74,21 @@ def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
     cluster.delete(GV, "evaluationruns", "ev1")
     wait_for(lambda: cluster.get(GV, "evaluationruns", "ev1") is None, "finalizer released")
     assert cluster.get("batch/v1", "jobs", "ev1") is None
+
+
+def test_a_failed_evaluation_job_fails_the_run_with_kubernetes_reason(cluster, operator):
+    cluster.create(GV, "evaluationruns", run("EvaluationRun", "ev2", {
+        "checkpoint": "s3://bkt/runs/r/checkpoints/step-10", "output": "s3://bkt/eval/ev2",
+        "benchmarks": ["humaneval"]}))
+    wait_for(lambda: cluster.get("batch/v1", "jobs", "ev2"), "Job")
+    cluster.patch_status("batch/v1", "jobs", "ev2", {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]})
+    status = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cluster.get(GV, "evaluationruns", "ev2").get("status") or {}), "Failed")
+    assert status["message"] == ("evaluation Job failed: BackoffLimitExceeded: Job has "
+                                 "reached the specified backoff limit")
+    (failed,) = status["conditions"]
+    assert (failed["reason"], failed["message"]) == ("BackoffLimitExceeded", status["message"])
+    cluster.delete(GV, "evaluationruns", "ev2")
+    wait_for(lambda: cluster.get(GV, "evaluationruns", "ev2") is None, "finalizer released")

@@ -4,15 +4,20 @@ the operator sends each step once to the queue (real Redis), reads progress from
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import redis
 
+from primer.errors import MESSAGE_LIMIT
 from primer.executor.plan import planner
 from primer.runs import GenerationRun
 from tests.operators.conftest import NS, run_operator, wait_for
+from tests.operators.test_crds import validator
 from tests.operators.test_operator import GV, run
+from tests.plain import assert_plain
+from tests.primer.test_executor import celery_workers
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +26,7 @@ def operator_with_s3(cluster, redis_url, s3_server):
     s3_server.client().make_bucket(bucket)
     with run_operator(cluster, {"PRIMER_REDIS_URL": redis_url, "PRIMER_S3_RETRIES": "2",
                                 "PRIMER_GENERATION_QUEUE": "generation-op",
+                                "PRIMER_CURATION_QUEUE": "curation-op",
                                 **s3_server.env()}) as runner:
         yield bucket, runner
 
@@ -68,6 +74,38 @@ def test_an_output_that_pods_cannot_reach_is_refused(cluster, operator_with_s3):
     assert status["message"] == "spec.output: give an s3:// URI (pods read and write S3)"
     cluster.delete(GV, "generationruns", "local1")
     wait_for(lambda: cluster.get(GV, "generationruns", "local1") is None, "finalizer released")
+
+
+def test_a_unit_that_raises_fails_the_run_with_a_short_message_a_condition_and_a_traceback(
+        cluster, operator_with_s3, redis_url, s3_server, tmp_path):
+    bucket, _ = operator_with_s3
+    rows = "".join(json.dumps({"content": f"x = {i}"}) + "\n" for i in range(3)).encode()
+    s3_server.client().put_object(bucket, "cur-in/broken.jsonl", io.BytesIO(rows), len(rows))
+    source = f"s3://{bucket}/cur-in/broken.jsonl"  # rows without the text column
+    with celery_workers(redis_url, "curation-op", tmp_path / "logs", n=1, **s3_server.env()):
+        cluster.create(GV, "curationruns", run("CurationRun", "cur1", {
+            "input": f"s3://{bucket}/cur-in", "output": f"s3://{bucket}/cur1"}))
+        wait_for(lambda: _status(cluster, "cur1").get("phase") == "Failed", "Failed", 60)
+    cr = cluster.get(GV, "curationruns", "cur1")
+    validator("CurationRun").validate(cr)  # the CRD's status schema declares the traceback
+    status = cr["status"]
+    message = status["message"]
+    assert message.startswith(f"InputError: {source}:1: expected a JSON object with 'text'")
+    assert message.endswith("(unit read-00000 of step curate-read; 1 unit(s) failed)")
+    assert "\n" not in message and len(message) <= MESSAGE_LIMIT
+    (failed,) = [c for c in status["conditions"] if c["type"] == "Failed"]
+    assert failed["status"] == "True" and failed["reason"] == "UnitFailed"
+    assert failed["message"] == message and failed["lastTransitionTime"]
+    assert status["traceback"].startswith("Traceback (most recent call last)")
+    assert "in read_data_file" in status["traceback"]
+    for text in (message, status["traceback"]):
+        assert_plain(text)
+    cluster.delete(GV, "curationruns", "cur1")
+    wait_for(lambda: cluster.get(GV, "curationruns", "cur1") is None, "finalizer released")
+
+
+def _status(cluster, name: str) -> dict:
+    return (cluster.get(GV, "curationruns", name) or {}).get("status") or {}
 
 
 def _kwargs(message: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -14,13 +15,52 @@ import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.config import COMPONENTS, GatewayConfig
+from tests.plain import error_texts, markup_in
 from tests.servers import free_port
+
+
+class PlainErrors:
+    """ASGI wrapper that reads every JSON response the gateway sends (to ``http()``, to
+    ``primer runs``) and notes each error or traceback in it that has terminal markup."""
+
+    def __init__(self, app):
+        self.app, self.problems = app, []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        is_json = False
+
+        async def read(message):
+            nonlocal is_json
+            if message["type"] == "http.response.start":
+                kind = dict(message.get("headers") or []).get(b"content-type", b"")
+                is_json = kind.startswith(b"application/json")
+            elif message["type"] == "http.response.body" and is_json:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.check(f"{scope['method']} {scope['path']}", b"".join(chunks))
+            await send(message)
+
+        await self.app(scope, receive, read)
+
+    def check(self, request: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return
+        for where, text in error_texts(body):
+            if found := markup_in(text):
+                self.problems.append(f"{request} → {where} has {', '.join(found)}: {text!r}")
 
 
 @contextlib.contextmanager
 def serve(app) -> Iterator[str]:
-    """``app`` on ``http://127.0.0.1:<free port>`` in a thread; stopped on exit."""
+    """``app`` on ``http://127.0.0.1:<free port>`` in a thread; stopped on exit. Every error
+    and traceback it answered with must be plain text (checked on a clean exit)."""
     port = free_port()
+    app = PlainErrors(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -33,6 +73,7 @@ def serve(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+    assert not app.problems, "terminal markup in the API's errors:\n" + "\n".join(app.problems)
 
 
 TEACHER = "http://teacher:8000/v1"  # the one endpoint test gateways allow unless told

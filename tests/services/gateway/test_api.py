@@ -152,7 +152,25 @@ def test_a_run_whose_spec_broke_fails_with_the_field_named(redis_url, tmp_path):
     with serve(create_app(config)) as url:
         run = wait_for_phase(url, "run-0000000000ab", "Failed")
     assert "spec.count" in run["error"] and "greater than or equal to 1" in run["error"]
+    assert run["error"].startswith("SpecError: invalid GenerationRun") and "\n" not in run["error"]
+    assert run["traceback"].startswith("Traceback (most recent call last)")
+    assert "in parse_spec" in run["traceback"]  # where it was raised, in plain text
     assert run["finished_at"] and store.active() == []
+
+
+def test_an_error_with_terminal_markup_fails_the_gateway_tests(redis_url, tmp_path):
+    """serve() reads every JSON answer: an error with markup in it fails the test."""
+    from fastapi import HTTPException
+
+    app = create_app(gateway_config(redis_url, tmp_path))
+
+    @app.get("/loud")
+    def loud():
+        raise HTTPException(500, "\x1b[1mboom\x1b[0m ╭─╮")
+
+    with pytest.raises(AssertionError, match=r"GET /loud → error has an ANSI escape, box"):
+        with serve(app) as url:
+            assert http("GET", f"{url}/loud")[0] == 500
 
 
 def test_unknown_run_and_bad_query_are_clear_4xx(gateway):

@@ -65,6 +65,7 @@ def test_a_run_is_a_custom_resource_and_its_status_is_the_runs(cluster, redis_ur
         got = http("GET", f"{url}/v1/runs/{name}")[1]
         assert got["phase"] == "Succeeded" and got["finished_at"] == "2026-01-01T01:00:00Z"
         assert got["outputs"] == {"rows": 40, "manifest": f"{out}/_manifest.json"}
+        assert got["error"] is None and got["traceback"] is None
 
         # an evaluation is an EvaluationRun: the operator's hardened Job
         status, ev, _ = http("POST", f"{url}/v1/runs", {
@@ -76,10 +77,12 @@ def test_a_run_is_a_custom_resource_and_its_status_is_the_runs(cluster, redis_ur
         assert EvaluationRun.model_validate(cr["spec"]).model_dump() == EvaluationRun(
             checkpoint="s3://primer/models/phi", benchmarks=["humaneval"], samples=5,
             output=f"s3://primer/data/runs/{ev['id']}/evaluation").model_dump()
+        trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nMemoryError"
         cluster.patch_status(API, "evaluationruns", ev["id"], {
-            "phase": "Failed", "message": "the Job failed: OOMKilled"})
+            "phase": "Failed", "message": "the Job failed: OOMKilled", "traceback": trace})
         got = http("GET", f"{url}/v1/runs/{ev['id']}")[1]
         assert got["phase"] == "Failed" and got["error"] == "the Job failed: OOMKilled"
+        assert got["traceback"] == trace and got["outputs"] == {}
 
         listed = http("GET", f"{url}/v1/runs")[1]
         assert [r["id"] for r in listed["runs"]] == [ev["id"], name]

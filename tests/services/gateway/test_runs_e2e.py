@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 
 from primer.cli import build_app
 from primer.datasets import open_dataset
+from primer.errors import MESSAGE_LIMIT
 from primer.executor import LocalExecutor
 from primer.executor.plan import drive, planner
 from primer.runs import GenerationRun
 from services.gateway.app import create_app
 from tests.openai_server import OpenAIServer
+from tests.plain import assert_plain
 from tests.primer.test_executor import celery_workers
 from tests.services.gateway.conftest import gateway_config, own_db, serve
 from tests.services.gateway.test_api import http, metric
@@ -104,6 +106,35 @@ def test_a_generation_run_is_planned_by_the_gateway_and_run_by_the_workers(redis
     assert f"{run_id}  generation  Succeeded" in listed.output
     assert metric(text, "primer_runs", component="generation", phase="Succeeded") == 1
     assert metric(text, "primer_queue_length", queue=config.queues["generation"]) == 0
+
+
+def test_a_unit_that_raises_fails_the_run_with_one_line_and_a_plain_traceback(redis_url,
+                                                                            tmp_path):
+    """The issue's reproduction: with a worker on the right queue the run failed and its
+    ``error`` was a terminal-sized traceback with the cause on its last line."""
+    own = own_db(redis_url, 12)
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.2)
+    (tmp_path / "inputs").mkdir()
+    broken = tmp_path / "inputs" / "broken.jsonl"  # rows without the text column
+    broken.write_text("".join(json.dumps({"content": f"x = {i}"}) + "\n" for i in range(3)))
+    with celery_workers(own, config.queues["curation"], tmp_path / "logs", n=1), \
+            serve(create_app(config)) as url:
+        sent = cli("runs", "submit", "curation", f"input={broken}", "--gateway", url)
+        assert sent.exit_code == 0, sent.output
+        run_id = printed(sent.output)["id"]
+        failed = cli("runs", "get", run_id, "--wait", "--interval", "0.3", "--gateway", url)
+        assert failed.exit_code == 1, failed.output
+        run = http("GET", f"{url}/v1/runs/{run_id}")[1]  # the API's JSON, as the issue read it
+    assert run["phase"] == "Failed" and run["job"] == "curate-read"
+    error = run["error"]
+    assert error.startswith(f"InputError: {broken}:1: expected a JSON object with 'text'")
+    assert error.endswith("of step curate-read; 1 unit(s) failed)")
+    assert "\n" not in error and len(error) <= MESSAGE_LIMIT
+    trace = run["traceback"]
+    assert_plain(trace, "the run's traceback")
+    assert trace.startswith("Traceback (most recent call last)")
+    assert "in read_data_file" in trace  # the function that raised, in plain text
+    assert trace.rstrip().splitlines()[-1].startswith("services.curation.readers.InputError: ")
 
 
 @pytest.mark.slow  # nine curation steps, each a round trip through the queue (~80 s here)
