@@ -19,6 +19,7 @@ from operators.status import GROUP, VERSION, finish, is_terminal, now, refuse_in
 from primer import progress
 from primer.config import ConfigError
 from primer.executor import queue
+from primer.executor.base import Markers
 from primer.executor.plan import RunFailed, planner, reconcile
 from primer.runs import S3_URI, CurationRun, GenerationRun
 from primer.storage import StorageError
@@ -63,11 +64,15 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     queue_name = status.get("queue") or queue_of(config)
     prefix = queue.task_prefix(namespace, name, uid[:8])
     plan = planner(kind)
+    # Kept in the object's memo: each tick lists the markers once (the planner's listing is
+    # the progress reader's too) and reads only the markers written since the last tick.
+    markers = memo.setdefault("markers", Markers())
     try:
         target = plan.resolve(parsed)
         tick = reconcile(plan, target, status.get("job"),
-                         lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix))
-        stats = progress.unit_stats(plan.output(target), memo.setdefault("markers", {}))
+                         lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix),
+                         markers)
+        stats = progress.unit_stats(plan.output(target), markers)
     except (queue.QueueUnavailable, StorageError, OSError) as e:
         raise kopf.TemporaryError(f"{type(e).__name__}: {e}", delay=RETRY_SECONDS) from e
     except (ConfigError, RunFailed, ValueError) as e:  # the spec cannot be run as it is

@@ -158,15 +158,18 @@ def failure_key(unit_id: str) -> str:
 
 def failed_ids(state: Storage) -> set[str]:
     """Ids of the units whose last attempt failed (and that have not succeeded since)."""
-    suffix = ".json"
-    return {o.key[len(FAILURES) + 1:-len(suffix)] for o in state.list(FAILURES + "/")
-            if o.key.endswith(suffix)}
+    return set(_listed(state, FAILURES))
 
 
 def completed_ids(state: Storage) -> set[str]:
     """Ids of every unit with a marker: one listing instead of one lookup per unit."""
+    return set(_listed(state, MARKERS))
+
+
+def _listed(state: Storage, folder: str) -> dict[str, int]:
+    """``{unit id: object size}`` of the records in ``folder`` (one listing)."""
     suffix = ".json"
-    return {o.key[len(MARKERS) + 1:-len(suffix)] for o in state.list(MARKERS + "/")
+    return {o.key[len(folder) + 1:-len(suffix)]: o.size for o in state.list(folder + "/")
             if o.key.endswith(suffix)}
 
 
@@ -181,6 +184,97 @@ def read_marker(state: Storage, unit_id: str) -> dict[str, Any] | None:
 def marker_result(state: Storage, unit_id: str) -> Any:
     """What a completed unit returned (kept in its marker); None if it has not completed."""
     return (read_marker(state, unit_id) or {}).get("result")
+
+
+class Markers:
+    """A run's markers as the planners and the progress reader see them, read once per run.
+
+    A door that ticks (the operator every ``POLL_SECONDS``, the gateway every 2 s) keeps one
+    of these per run and calls :meth:`new_tick` at the start of each tick. Within a tick a
+    state's markers are listed once, whoever asks (the planner, ``reconcile``, the progress
+    reader); across ticks a marker is read once, because :func:`run_unit` writes a marker
+    once and never rewrites it. Without a kept instance (a new one per call) every marker is
+    read again, as a planner that restarts must.
+
+    What the cache cannot hide: a marker is trusted only while this tick's listing shows it
+    with the size it had when read. A deleted marker (a user deleting the output to start
+    over) drops out of the listing, so its unit counts as not done and its kept copy is
+    forgotten; a marker written again later is read again.
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[str, tuple[Storage, dict[str, int]]] = {}
+        """This tick's listings: state URI → (state, {unit id: marker size})."""
+        self._failures: dict[str, set[str]] = {}
+        """This tick's failure records: state URI → unit ids."""
+        self._kept: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        """Markers read, for the run's life: state URI → {unit id: (size, marker)}."""
+        self.reads = 0
+        """Markers read from storage so far (what the cache saves; for benches and tests)."""
+
+    def new_tick(self) -> None:
+        """Forget the listings (not the markers read): the next question lists again."""
+        self._listings.clear()
+        self._failures.clear()
+
+    def done(self, state: Storage) -> set[str]:
+        """Ids of the units of ``state`` with a marker (listed once per tick)."""
+        return set(self._listing(state))
+
+    def failed(self, state: Storage) -> set[str]:
+        """Ids of the units of ``state`` whose last attempt failed (listed once per tick)."""
+        if state.uri not in self._failures:
+            self._failures[state.uri] = set(_listed(state, FAILURES))
+        return self._failures[state.uri]
+
+    def marker(self, state: Storage, unit_id: str) -> dict[str, Any] | None:
+        """The marker of ``unit_id`` if this tick's listing shows it, else None."""
+        size = self._listing(state).get(unit_id)
+        if size is None:
+            return None
+        kept = self._kept.setdefault(state.uri, {})
+        if unit_id not in kept:
+            marker = read_marker(state, unit_id)
+            self.reads += 1
+            if marker is None:  # deleted since the listing
+                return None
+            kept[unit_id] = (size, marker)
+        return kept[unit_id][1]
+
+    def result(self, state: Storage, unit_id: str) -> Any:
+        """What a completed unit returned; None if this tick's listing has no marker for it."""
+        return (self.marker(state, unit_id) or {}).get("result")
+
+    def listed(self) -> list[tuple[Storage, set[str]]]:
+        """The states listed this tick, with their completed unit ids."""
+        return [(state, set(ids)) for state, ids in self._listings.values()]
+
+    def scan(self, root: Storage) -> None:
+        """List every state under ``root`` in one recursive listing (for a reader that does
+        not know where a component keeps its markers)."""
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for o in root.list():
+            head, sep, name = o.key.rpartition("/")
+            parent, _, folder = head.rpartition("/")
+            if folder in (MARKERS, FAILURES) and name.endswith(".json"):
+                found.setdefault(parent, {MARKERS: {}, FAILURES: {}})[folder][name[:-5]] = \
+                    o.size
+        for parent, records in found.items():
+            state = root.child(parent) if parent else root
+            self._remember(state, records[MARKERS])
+            self._failures[state.uri] = set(records[FAILURES])
+
+    def _listing(self, state: Storage) -> dict[str, int]:
+        if state.uri not in self._listings:
+            self._remember(state, _listed(state, MARKERS))
+        return self._listings[state.uri][1]
+
+    def _remember(self, state: Storage, listing: dict[str, int]) -> None:
+        self._listings[state.uri] = (state, listing)
+        kept = self._kept.get(state.uri)
+        if kept:  # forget the markers deleted (or rewritten) since they were read
+            for unit_id in [i for i, (size, _) in kept.items() if listing.get(i) != size]:
+                del kept[unit_id]
 
 
 def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:

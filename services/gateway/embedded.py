@@ -21,6 +21,7 @@ import redis
 
 from primer import progress
 from primer.executor import Job
+from primer.executor.base import Markers
 from primer.executor.plan import RunFailed, Tick, planner, reconcile
 from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
 from primer.runs import KINDS, parse_spec
@@ -79,6 +80,9 @@ class Reconciler:
         self.store, self.config = store, config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._markers: dict[str, Markers] = {}
+        """Per run id, while the run is active here: its markers are read once, not once
+        per pass. A run that ends (or that another replica ends) drops its own."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="primer-reconciler",
@@ -99,7 +103,10 @@ class Reconciler:
 
     def pass_once(self) -> None:
         """Tick every run not yet ended (those another replica holds are skipped)."""
-        for run_id in self.store.active():
+        active = list(self.store.active())
+        for run_id in set(self._markers) - set(active):
+            del self._markers[run_id]
+        for run_id in active:
             token = uuid.uuid4().hex
             # The lock outlives a slow tick (sending a big step) but not a dead replica.
             if not self.store.lock(run_id, token, ttl_s=max(60.0, 10 * self.config.
@@ -108,7 +115,10 @@ class Reconciler:
             try:
                 record = self.store.get(run_id)
                 if record is not None and record["phase"] not in ("Succeeded", "Failed"):
-                    self.store.update(run_id, **self.tick(record))
+                    changes = self.tick(record)
+                    self.store.update(run_id, **changes)
+                    if changes.get("phase") in ("Succeeded", "Failed"):
+                        self._markers.pop(run_id, None)
             finally:
                 self.store.unlock(run_id, token)
 
@@ -116,6 +126,7 @@ class Reconciler:
         """One step of one run: the fields of its record that change."""
         run_id, component = record["id"], record["component"]
         queue = record["queue"]
+        markers = self._markers.setdefault(run_id, Markers())
         started = {} if record.get("started_at") else {"started_at": now()}
 
         def send(job: Job) -> int:
@@ -124,7 +135,7 @@ class Reconciler:
         try:
             plan = planner(component)
             tick = reconcile(plan, plan.resolve(parse_spec(KINDS[component], record["spec"])),
-                             record.get("job"), send)
+                             record.get("job"), send, markers)
         except TRANSIENT as exc:
             return {"progress": {**record["progress"], "detail": f"will retry: {exc}"}}
         except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
@@ -138,7 +149,7 @@ class Reconciler:
             "progress": {"units_done": tick.done, "units_total": tick.total,
                          "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""}}
         if tick.done != record["progress"].get("units_done") or tick.phase != "Running":
-            changes["stats"] = _stats(record["output"])
+            changes["stats"] = _stats(record["output"], markers)
         if tick.phase == "Succeeded":
             changes.update(finished_at=now(),
                            outputs=progress.outputs(component, record["output"]))
@@ -150,8 +161,8 @@ class Reconciler:
         return changes
 
 
-def _stats(output: str) -> dict[str, Any]:
+def _stats(output: str, markers: Markers) -> dict[str, Any]:
     try:
-        return progress.unit_stats(output)
+        return progress.unit_stats(output, markers)
     except Exception as exc:  # totals are best effort; the phase is recorded anyway
         return {"error": f"{type(exc).__name__}: {exc}"}

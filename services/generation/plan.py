@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 
 from primer.config import load_config
 from primer.datasets import MANIFEST, DatasetError, Manifest
-from primer.executor import Job, WorkUnit, completed_ids, marker_result
+from primer.executor import Job, WorkUnit
+from primer.executor.base import Markers
 from primer.executor.plan import Done, Planner, Step
 from primer.runs import GenerationRun, nested
 from primer.storage import open_storage
@@ -65,7 +66,7 @@ class GenerationPlanner(Planner[GenerationTarget]):
     def output(self, target: GenerationTarget) -> str:
         return open_storage(target.output).uri
 
-    def next(self, target: GenerationTarget) -> Step | Done:
+    def next(self, target: GenerationTarget, markers: Markers | None = None) -> Step | Done:
         kind, count, output, config = target.kind, target.count, target.output, target.config
         if kind not in KINDS:
             raise GenerationError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -73,9 +74,10 @@ class GenerationPlanner(Planner[GenerationTarget]):
             raise GenerationError("--count must be at least 1")
         state_uri = work_uri(output)
         state = open_storage(state_uri)
-        done = completed_ids(state)
+        markers = Markers() if markers is None else markers
+        done = markers.done(state)
         if COMMIT_ID in done:
-            return Done(marker_result(state, COMMIT_ID) or {})
+            return Done(markers.result(state, COMMIT_ID) or {})
         _refuse_other_dataset(output, request_of(kind, count, config))
 
         gen = config.generation
@@ -99,7 +101,7 @@ class GenerationPlanner(Planner[GenerationTarget]):
                 return Step(Job(f"generate-{kind}-round-{round_}", units, state_uri),
                             f"round {round_}")
             for unit in units:
-                results[unit.id] = marker_result(state, unit.id)
+                results[unit.id] = markers.result(state, unit.id)
             planned, round_ = stop, round_ + 1
             selection = select(list(results.values()), count)
             if selection.kept >= count:
