@@ -17,6 +17,7 @@ from primer import progress
 from primer.executor import Job, WorkUnit, run_unit
 from primer.executor.base import MARKERS, Markers
 from primer.executor.plan import Step, reconcile
+from primer.runs import CurationRun
 from primer.storage import open_storage
 from primer.storage.local import LocalStorage
 from primer.storage.s3 import S3Storage
@@ -183,3 +184,51 @@ def test_the_operator_tick_lists_markers_once_and_reads_finished_ones_once(
     assert tick()["units"] == {"done": 0, "total": 6}
     assert calls.marker_listings() == 1 and calls.marker_reads() == 0
     assert status["tokens"] == 5 * 10  # the progress reader summed the markers it kept
+
+
+def test_the_gateway_keeps_a_runs_markers_while_it_runs_and_drops_them_when_it_ends(
+        redis_url, tmp_path):
+    from services.gateway.app import create_app
+    from tests.services.gateway.conftest import gateway_config, own_db, serve
+    from tests.services.gateway.test_api import http
+
+    config = gateway_config(own_db(redis_url, 11), tmp_path)  # passes driven by hand below
+    app = create_app(config)
+    store, reconciler = app.state.store, app.state.runs.reconciler
+    with serve(app) as url:
+        status, run, _ = http("POST", f"{url}/v1/runs", {
+            "component": "generation", "kind": "textbooks", "count": 3})
+        assert status == 201, run
+        reconciler.pass_once()
+        kept = reconciler._markers[run["id"]]
+        reconciler.pass_once()
+        assert reconciler._markers[run["id"]] is kept  # one per run, across passes
+        # The commit unit finishes: the run ends, and its memo goes with it.
+        run_unit(WorkUnit("commit", FAKE_BATCH, {"start": 0, "count": 3, "valid": 3}),
+                 work_uri(run["output"]))
+        reconciler.pass_once()
+        assert store.get(run["id"])["phase"] == "Succeeded"
+        assert run["id"] not in reconciler._markers
+
+
+def test_a_finished_curation_stage_is_read_once_per_run(tmp_path, calls):
+    """Curation's planner reads the plan's and the threshold's results to build later stages:
+    with a kept memo, once per run."""
+    from services.curation.plan import CurationPlanner
+    from tests.services.curation import corpus
+
+    src = corpus.build(tmp_path / "corpus")
+    plan = CurationPlanner()
+    config = plan.resolve(CurationRun(input=str(src), output=str(tmp_path / "out")))
+    config.reader.files_per_unit = 20
+    first = plan.next(config)
+    assert first.stage == "plan"
+    for unit in first.job.units:
+        run_unit(unit, first.job.state_uri, first.job.name)
+    markers = Markers()
+    calls.clear()
+    assert plan.next(config, markers).stage == "read"
+    assert calls.marker_reads() == 1  # the plan's result: the input's partitions
+    calls.clear()
+    assert plan.next(config, markers).stage == "read"
+    assert calls.marker_reads() == 0
