@@ -23,9 +23,9 @@ import re
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from rich.progress import (
     BarColumn,
@@ -44,6 +44,7 @@ MARKERS = "_markers"
 FAILURES = "_failures"
 _UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one storage key segment, no "/"
 _FN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,8 @@ class Markers:
         """This tick's failure records: state URI → unit ids."""
         self._kept: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
         """Markers read, for the run's life: state URI → {unit id: (size, marker)}."""
+        self._derived: dict[tuple[str, str], tuple[dict[str, int | None], Any]] = {}
+        """Values made from markers (:meth:`derive`): (state URI, name) → (inputs, value)."""
         self.reads = 0
         """Markers read from storage so far (what the cache saves; for benches and tests)."""
 
@@ -245,6 +248,21 @@ class Markers:
         """What a completed unit returned; None if this tick's listing has no marker for it."""
         return (self.marker(state, unit_id) or {}).get("result")
 
+    def derive(self, state: Storage, name: str, unit_ids: list[str],
+               compute: Callable[[], T]) -> T:
+        """``compute()``, a value made from the markers of ``unit_ids`` (all in this tick's
+        listing), kept under ``name`` while each of those markers is listed as it was then:
+        e.g. a planner's selection over its finished rounds, which costs more than the reads.
+        """
+        listing = self._listing(state)
+        inputs = {unit_id: listing.get(unit_id) for unit_id in unit_ids}
+        kept = self._derived.get((state.uri, name))
+        if kept is not None and kept[0] == inputs and None not in inputs.values():
+            return kept[1]
+        value = compute()
+        self._derived[(state.uri, name)] = (inputs, value)
+        return value
+
     def listed(self) -> list[tuple[Storage, set[str]]]:
         """The states listed this tick, with their completed unit ids."""
         return [(state, set(ids)) for state, ids in self._listings.values()]
@@ -275,6 +293,9 @@ class Markers:
         if kept:  # forget the markers deleted (or rewritten) since they were read
             for unit_id in [i for i, (size, _) in kept.items() if listing.get(i) != size]:
                 del kept[unit_id]
+        for key in [k for k, (inputs, _) in self._derived.items() if k[0] == state.uri and
+                    any(listing.get(i) != size for i, size in inputs.items())]:
+            del self._derived[key]  # and what was made from them
 
 
 def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:

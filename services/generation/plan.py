@@ -81,7 +81,8 @@ class GenerationPlanner(Planner[GenerationTarget]):
         _refuse_other_dataset(output, request_of(kind, count, config))
 
         gen = config.generation
-        results: dict[str, Any] = {}
+        finished: list[str] = []  # the batches of the finished rounds
+        selection = select([], count)  # over them
         planned, round_ = 0, 0
         limit = math.ceil(count * gen.max_specs_factor)
         want = math.ceil(count * gen.overgenerate)
@@ -90,7 +91,6 @@ class GenerationPlanner(Planner[GenerationTarget]):
             if stop <= planned:
                 if gen.allow_fewer:
                     break  # publish what there is; the manifest records the shortfall
-                selection = select(list(results.values()), count)
                 raise GenerationError(
                     f"only {selection.kept} of {count} valid records after {planned} specs "
                     f"(limit count × max_specs_factor = {limit}); drops: "
@@ -100,10 +100,11 @@ class GenerationPlanner(Planner[GenerationTarget]):
             if not {u.id for u in units} <= done:
                 return Step(Job(f"generate-{kind}-round-{round_}", units, state_uri),
                             f"round {round_}")
-            for unit in units:
-                results[unit.id] = markers.result(state, unit.id)
+            finished += [u.id for u in units]
             planned, round_ = stop, round_ + 1
-            selection = select(list(results.values()), count)
+            # A finished round's selection is kept in a door's memo: it is the cost of a tick.
+            selection = markers.derive(state, f"selection-{planned}", finished, lambda ids=(
+                tuple(finished)): select([markers.result(state, i) for i in ids], count))
             if selection.kept >= count:
                 break
             rate = max(selection.kept / selection.specs, 1.0 / gen.max_specs_factor)

@@ -21,9 +21,10 @@ from primer.runs import CurationRun
 from primer.storage import open_storage
 from primer.storage.local import LocalStorage
 from primer.storage.s3 import S3Storage
+from services.generation import plan as generation_plan
 from services.generation.config import GenerateConfig
 from services.generation.plan import GenerationPlanner, GenerationTarget
-from services.generation.run import work_uri
+from services.generation.run import select, work_uri
 
 FAKE_BATCH = "tests.primer.test_plan_markers:fake_batch"
 
@@ -97,7 +98,7 @@ def two_rounds_done(output: str) -> Step:
     return step
 
 
-def test_a_second_tick_reads_no_finished_round_marker_again(tmp_path, calls):
+def test_a_second_tick_reads_no_finished_round_marker_again(tmp_path, calls, monkeypatch):
     out = str(tmp_path / "gen")
     round2 = two_rounds_done(out)
     finished = len(list(open_storage(work_uri(out)).list(MARKERS + "/")))
@@ -126,10 +127,18 @@ def test_a_second_tick_reads_no_finished_round_marker_again(tmp_path, calls):
     assert third.done == 1 and stats["units_done"] == finished + 1
     assert calls.marker_reads() == 1 and calls.marker_listings() == 1
 
+    # The selection over the finished rounds (the CPU of a tick) was made on the first tick.
+    selections = []
+    monkeypatch.setattr(generation_plan, "select",
+                        lambda results, n: selections.extend([results] if results else [])
+                        or select(results, n))
+    reconcile(plan, target, first.job, lambda job: 0, markers)
+    assert selections == []
+
     # Without a kept memo (the CLI, a restarted door) every finished marker is read again.
     calls.clear()
     reconcile(plan, target, first.job, lambda job: 0)
-    assert calls.marker_reads() == finished
+    assert calls.marker_reads() == finished and len(selections) == 2  # one per round
 
 
 def test_markers_deleted_under_a_run_are_not_trusted_from_the_memo(tmp_path, calls):
