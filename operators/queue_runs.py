@@ -76,6 +76,7 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     except (queue.QueueUnavailable, StorageError, OSError) as e:
         raise kopf.TemporaryError(f"{type(e).__name__}: {e}", delay=RETRY_SECONDS) from e
     except (ConfigError, RunFailed, ValueError) as e:  # the spec cannot be run as it is
+        memo.pop("markers", None)
         finish(patch, "Failed", f"{type(e).__name__}: {e}")
         raise kopf.PermanentError(str(e)) from e
     started = status.get("startedAt") or now()
@@ -88,6 +89,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
         f"{tick.stage}: {tick.sent} units sent to queue {queue_name}")
     if tick.sent:
         logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
+    if tick.phase != "Running":
+        memo.pop("markers", None)  # the run has ended: its markers need not stay in memory
     if tick.phase == "Succeeded":
         finish(patch, "Succeeded", f"done: {_summary(tick.result or {})}")
         patch.status.update(progress="done", outputs={

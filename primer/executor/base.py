@@ -212,8 +212,6 @@ class Markers:
         """Markers read, for the run's life: state URI → {unit id: (size, marker)}."""
         self._derived: dict[tuple[str, str], tuple[dict[str, int | None], Any]] = {}
         """Values made from markers (:meth:`derive`): (state URI, name) → (inputs, value)."""
-        self.reads = 0
-        """Markers read from storage so far (what the cache saves; for benches and tests)."""
 
     def new_tick(self) -> None:
         """Forget the listings (not the markers read): the next question lists again."""
@@ -238,7 +236,6 @@ class Markers:
         kept = self._kept.setdefault(state.uri, {})
         if unit_id not in kept:
             marker = read_marker(state, unit_id)
-            self.reads += 1
             if marker is None:  # deleted since the listing
                 return None
             kept[unit_id] = (size, marker)

@@ -189,10 +189,17 @@ def test_the_operator_tick_lists_markers_once_and_reads_finished_ones_once(
     calls.clear()
     assert tick()["job"] == "generate-textbooks-round-2"
     assert calls.marker_listings() == 1 and calls.marker_reads() == 9
+    markers = memo["markers"]
     calls.clear()
     assert tick()["units"] == {"done": 0, "total": 6}
     assert calls.marker_listings() == 1 and calls.marker_reads() == 0
     assert status["tokens"] == 5 * 10  # the progress reader summed the markers it kept
+    assert memo["markers"] is markers
+
+    # The commit unit finishes: the run ends, and its markers leave the operator's memory.
+    run_unit(WorkUnit("commit", FAKE_BATCH, {"start": 0, "count": 2, "valid": 2}),
+             work_uri(out))
+    assert tick()["phase"] == "Succeeded" and "markers" not in memo
 
 
 def test_the_gateway_keeps_a_runs_markers_while_it_runs_and_drops_them_when_it_ends(
