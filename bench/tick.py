@@ -11,6 +11,7 @@ Run it on the tree to measure; to compare with the code before the memo, run the
 with ``PYTHONPATH`` pointing at an older checkout (it uses that tree's API)::
 
     .venv/bin/python bench/tick.py --units 2000
+    .venv/bin/python bench/tick.py --units 2000 --memory     # what the memo keeps
     git archive 7b34e82 | tar -x -C /tmp/before && \\
         PYTHONPATH=/tmp/before .venv/bin/python bench/tick.py --units 2000
 """
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -116,11 +119,16 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=2000)
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory", action="store_true", help="also trace what the memo keeps "
+                        "between ticks (tracemalloc: slower ticks)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/gen"
         target, finished, rounds = build(out, args.units)
         plan, counted = GenerationPlanner(), Counted()
+        if args.memory:
+            gc.collect()
+            tracemalloc.start()
         memo = {} if Markers is None else Markers()
         sent, rows = None, []
         for i in range(args.ticks):
@@ -136,12 +144,19 @@ def main() -> None:
                          "marker_listings": counted.listings[True]})
             print(f"tick {i + 1}: {seconds:.3f} s, {counted.reads[True]} marker reads, "
                   f"{counted.listings[True]} listings of _markers/ ({result.job})")
+        if args.memory:
+            gc.collect()
+            kept, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
     later = rows[1:] or rows
     summary = {"code": "memo" if Markers is not None else "before", "finished_units": finished,
                "finished_rounds": rounds, "first_tick": rows[0],
                "later_ticks": {"median_seconds": statistics.median(r["seconds"] for r in later),
                                "marker_reads": max(r["marker_reads"] for r in later),
                                "marker_listings": max(r["marker_listings"] for r in later)}}
+    if args.memory:
+        summary["memory_mib"] = {"kept_between_ticks": round(kept / 2**20, 1),
+                                 "peak_in_a_tick": round(peak / 2**20, 1)}
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps({**summary, "ticks": rows}, indent=1))

@@ -79,6 +79,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
         memo.pop("markers", None)
         finish(patch, "Failed", f"{type(e).__name__}: {e}")
         raise kopf.PermanentError(str(e)) from e
+    finally:
+        markers.clear_tick()  # whole markers need not wait in memory for the next tick
     started = status.get("startedAt") or now()
     patch.status.update(
         phase="Running", startedAt=started, queue=queue_name, job=tick.job, stage=tick.stage,

@@ -52,13 +52,20 @@ def unit_stats(output: str, markers: Markers | None = None) -> dict[str, Any]:
              "teacher_latency_counts": [0] * (len(LATENCY_BUCKETS) + 1)}
     for state, ids in listed:
         for unit_id in sorted(ids):
-            marker = markers.marker(state, unit_id) or {}
-            stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
-            result = marker.get("result")
-            usage = result.get("usage") if isinstance(result, dict) else None
+            seconds, usage = markers.derive(state, f"stats/{unit_id}", [unit_id],
+                                            lambda s=state, u=unit_id: _summed(markers, s, u))
+            stats["unit_seconds"] += seconds
             if isinstance(usage, dict):
                 _add_usage(stats, usage)
     return stats
+
+
+def _summed(markers: Markers, state: Storage, unit_id: str) -> tuple[float, Any]:
+    """What the totals take from a marker (kept per run; the rest of a result can be large)."""
+    marker = markers.marker(state, unit_id) or {}
+    result = marker.get("result")
+    return (float(marker.get("duration_s") or 0.0),
+            result.get("usage") if isinstance(result, dict) else None)
 
 
 def _add_usage(stats: dict[str, Any], usage: dict[str, Any]) -> None:

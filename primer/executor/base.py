@@ -191,16 +191,19 @@ class Markers:
     """A run's markers as the planners and the progress reader see them, read once per run.
 
     A door that ticks (the operator every ``POLL_SECONDS``, the gateway every 2 s) keeps one
-    of these per run and calls :meth:`new_tick` at the start of each tick. Within a tick a
-    state's markers are listed once, whoever asks (the planner, ``reconcile``, the progress
-    reader); across ticks a marker is read once, because :func:`run_unit` writes a marker
-    once and never rewrites it. Without a kept instance (a new one per call) every marker is
-    read again, as a planner that restarts must.
+    of these per run; :func:`~primer.executor.plan.reconcile` starts each tick with
+    :meth:`clear_tick`, and the door clears it again once the tick is over. Within a tick a
+    state's markers are listed once and each marker is read at most once, whoever asks (the
+    planner, ``reconcile``, the progress reader). Across ticks, what was made from finished
+    markers is kept (:meth:`result`, :meth:`derive`), because :func:`run_unit` writes a marker
+    once and never rewrites it; whole markers are not (a batch's result can be large), so
+    what a tick keeps is what the next tick needs. Without a kept instance (a new one per
+    call) every marker is read again, as a planner that restarts must.
 
-    What the cache cannot hide: a marker is trusted only while this tick's listing shows it
-    with the size it had when read. A deleted marker (a user deleting the output to start
-    over) drops out of the listing, so its unit counts as not done and its kept copy is
-    forgotten; a marker written again later is read again.
+    What the cache cannot hide: a kept value is trusted only while this tick's listing shows
+    each marker it was made from with the size it had then. A deleted marker (a user deleting
+    the output to start over) drops out of the listing, so its unit counts as not done and
+    everything made from it is forgotten; a marker written again later is read again.
     """
 
     def __init__(self) -> None:
@@ -208,15 +211,17 @@ class Markers:
         """This tick's listings: state URI → (state, {unit id: marker size})."""
         self._failures: dict[str, set[str]] = {}
         """This tick's failure records: state URI → unit ids."""
-        self._kept: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
-        """Markers read, for the run's life: state URI → {unit id: (size, marker)}."""
-        self._derived: dict[tuple[str, str], tuple[dict[str, int | None], Any]] = {}
-        """Values made from markers (:meth:`derive`): (state URI, name) → (inputs, value)."""
+        self._read: dict[tuple[str, str], dict[str, Any] | None] = {}
+        """This tick's markers read: (state URI, unit id) → marker."""
+        self._kept: dict[str, dict[str, tuple[dict[str, int | None], Any]]] = {}
+        """For the run's life: state URI → {name: (marker sizes it was made from, value)}."""
 
-    def new_tick(self) -> None:
-        """Forget the listings (not the markers read): the next question lists again."""
+    def clear_tick(self) -> None:
+        """Forget this tick's listings and markers read (not what was kept from them): at
+        the start of a tick, and at its end (whole markers need not wait for the next)."""
         self._listings.clear()
         self._failures.clear()
+        self._read.clear()
 
     def done(self, state: Storage) -> set[str]:
         """Ids of the units of ``state`` with a marker (listed once per tick)."""
@@ -229,35 +234,33 @@ class Markers:
         return self._failures[state.uri]
 
     def marker(self, state: Storage, unit_id: str) -> dict[str, Any] | None:
-        """The marker of ``unit_id`` if this tick's listing shows it, else None."""
-        size = self._listing(state).get(unit_id)
-        if size is None:
+        """The marker of ``unit_id`` if this tick's listing shows it (read once per tick)."""
+        if unit_id not in self._listing(state):
             return None
-        kept = self._kept.setdefault(state.uri, {})
-        if unit_id not in kept:
-            marker = read_marker(state, unit_id)
-            if marker is None:  # deleted since the listing
-                return None
-            kept[unit_id] = (size, marker)
-        return kept[unit_id][1]
+        if (state.uri, unit_id) not in self._read:
+            self._read[state.uri, unit_id] = read_marker(state, unit_id)
+        return self._read[state.uri, unit_id]
 
     def result(self, state: Storage, unit_id: str) -> Any:
-        """What a completed unit returned; None if this tick's listing has no marker for it."""
-        return (self.marker(state, unit_id) or {}).get("result")
+        """What a completed unit returned, kept for the run (a stage's plan, a threshold);
+        None if this tick's listing has no marker for it."""
+        if unit_id not in self._listing(state):
+            return None
+        return self.derive(state, f"result/{unit_id}", [unit_id],
+                           lambda: (self.marker(state, unit_id) or {}).get("result"))
 
     def derive(self, state: Storage, name: str, unit_ids: list[str],
                compute: Callable[[], T]) -> T:
         """``compute()``, a value made from the markers of ``unit_ids`` (all in this tick's
-        listing), kept under ``name`` while each of those markers is listed as it was then:
-        e.g. a planner's selection over its finished rounds, which costs more than the reads.
-        """
+        listing), kept under ``name`` while each of them is listed as it was then: e.g. a
+        planner's selection over its finished rounds, which costs more than the reads."""
         listing = self._listing(state)
         inputs = {unit_id: listing.get(unit_id) for unit_id in unit_ids}
-        kept = self._derived.get((state.uri, name))
-        if kept is not None and kept[0] == inputs and None not in inputs.values():
-            return kept[1]
+        kept = self._kept.setdefault(state.uri, {})
+        if name in kept and kept[name][0] == inputs and None not in inputs.values():
+            return kept[name][1]
         value = compute()
-        self._derived[(state.uri, name)] = (inputs, value)
+        kept[name] = (inputs, value)
         return value
 
     def listed(self) -> list[tuple[Storage, set[str]]]:
@@ -269,7 +272,7 @@ class Markers:
         not know where a component keeps its markers)."""
         found: dict[str, dict[str, dict[str, int]]] = {}
         for o in root.list():
-            head, sep, name = o.key.rpartition("/")
+            head, _, name = o.key.rpartition("/")
             parent, _, folder = head.rpartition("/")
             if folder in (MARKERS, FAILURES) and name.endswith(".json"):
                 found.setdefault(parent, {MARKERS: {}, FAILURES: {}})[folder][name[:-5]] = \
@@ -286,13 +289,11 @@ class Markers:
 
     def _remember(self, state: Storage, listing: dict[str, int]) -> None:
         self._listings[state.uri] = (state, listing)
-        kept = self._kept.get(state.uri)
-        if kept:  # forget the markers deleted (or rewritten) since they were read
-            for unit_id in [i for i, (size, _) in kept.items() if listing.get(i) != size]:
-                del kept[unit_id]
-        for key in [k for k, (inputs, _) in self._derived.items() if k[0] == state.uri and
-                    any(listing.get(i) != size for i, size in inputs.items())]:
-            del self._derived[key]  # and what was made from them
+        kept = self._kept.get(state.uri, {})
+        # Forget what was made from markers deleted (or rewritten) since.
+        for name in [n for n, (inputs, _) in kept.items()
+                     if any(listing.get(i) != size for i, size in inputs.items())]:
+            del kept[name]
 
 
 def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:

@@ -101,7 +101,7 @@ def drive(plan: Planner[C], config: C, executor: Executor, *, progress: bool = T
     last: str | None = None
     markers = Markers()  # each step's results are read once for the whole drive
     while True:
-        markers.new_tick()
+        markers.clear_tick()
         step = plan.next(config, markers)
         if isinstance(step, Done):
             return step.result
@@ -153,7 +153,7 @@ def reconcile(plan: Planner[C], config: C, sent: str | None,
     after it) and reads only the markers written since the last tick.
     """
     markers = Markers() if markers is None else markers
-    markers.new_tick()
+    markers.clear_tick()
     step = plan.next(config, markers)
     if isinstance(step, Done):
         return Tick("Succeeded", None, "done", result=step.result)

@@ -137,6 +137,7 @@ class Reconciler:
             tick = reconcile(plan, plan.resolve(parse_spec(KINDS[component], record["spec"])),
                              record.get("job"), send, markers)
         except TRANSIENT as exc:
+            markers.clear_tick()
             return {"progress": {**record["progress"], "detail": f"will retry: {exc}"}}
         except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
             log.warning("run %s failed: %s", run_id, exc)
@@ -150,6 +151,7 @@ class Reconciler:
                          "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""}}
         if tick.done != record["progress"].get("units_done") or tick.phase != "Running":
             changes["stats"] = _stats(record["output"], markers)
+        markers.clear_tick()  # whole markers need not wait in memory for the next pass
         if tick.phase == "Succeeded":
             changes.update(finished_at=now(),
                            outputs=progress.outputs(component, record["output"]))

@@ -11,6 +11,7 @@ continues exactly where the run is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -22,12 +23,13 @@ from primer.executor import Job, WorkUnit
 from primer.executor.base import Markers
 from primer.executor.plan import Done, Planner, Step
 from primer.runs import GenerationRun, nested
-from primer.storage import open_storage
+from primer.storage import Storage, open_storage
 from services.generation.config import GenerateConfig
 from services.generation.run import (
     COMMIT_FN,
     COMMIT_ID,
     GenerationError,
+    Selection,
     request_of,
     select,
     units_for,
@@ -102,9 +104,11 @@ class GenerationPlanner(Planner[GenerationTarget]):
                             f"round {round_}")
             finished += [u.id for u in units]
             planned, round_ = stop, round_ + 1
-            # A finished round's selection is kept in a door's memo: it is the cost of a tick.
+            # A finished round's selection is kept in a door's memo (without its rows: they
+            # hold the batches' results): it is most of what a tick costs.
             selection = markers.derive(state, f"selection-{planned}", finished, lambda ids=(
-                tuple(finished)): select([markers.result(state, i) for i in ids], count))
+                tuple(finished)): _counts(select([_result(markers, state, i) for i in ids],
+                                                 count)))
             if selection.kept >= count:
                 break
             rate = max(selection.kept / selection.specs, 1.0 / gen.max_specs_factor)
@@ -115,6 +119,14 @@ class GenerationPlanner(Planner[GenerationTarget]):
             "kind": kind, "count": count, "output": output, "stop": planned,
             **{k: args[k] for k in ("teacher", "settings", "sandbox")}})
         return Step(Job(f"generate-{kind}-commit", [commit], state_uri), "commit")
+
+
+def _result(markers: Markers, state: Storage, unit_id: str) -> Any:
+    return (markers.marker(state, unit_id) or {}).get("result")
+
+
+def _counts(selection: Selection) -> Selection:
+    return dataclasses.replace(selection, rows=[])
 
 
 def _refuse_other_dataset(output: str, request: dict[str, Any]) -> None:
