@@ -20,6 +20,7 @@ from primer import progress
 from primer.config import ConfigError
 from primer.errors import plain_traceback, short_error
 from primer.executor import queue
+from primer.executor.base import Markers
 from primer.executor.plan import RunFailed, planner, reconcile
 from primer.runs import S3_URI, CurationRun, GenerationRun
 from primer.storage import StorageError
@@ -66,17 +67,24 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     queue_name = status.get("queue") or queue_of(config)
     prefix = queue.task_prefix(namespace, name, uid[:8])
     plan = planner(kind)
+    # Kept in the object's memo: each tick lists the markers once (the planner's listing is
+    # the progress reader's too) and reads only the markers written since the last tick.
+    markers = memo.setdefault("markers", Markers())
     try:
         target = plan.resolve(parsed)
         tick = reconcile(plan, target, status.get("job"),
-                         lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix))
-        stats = progress.unit_stats(plan.output(target), memo.setdefault("markers", {}))
+                         lambda job: queue.enqueue(job, queue_name, config.redis_url, prefix),
+                         markers)
+        stats = progress.unit_stats(plan.output(target), markers)
     except (queue.QueueUnavailable, StorageError, OSError) as e:
         raise kopf.TemporaryError(short_error(e), delay=RETRY_SECONDS) from e
     except (ConfigError, RunFailed, ValueError) as e:  # the spec cannot be run as it is
+        memo.pop("markers", None)
         finish(patch, "Failed", short_error(e), reason="InvalidRun",
                traceback=plain_traceback(e), status=status)
         raise kopf.PermanentError(short_error(e)) from e
+    finally:
+        markers.clear_tick()  # whole markers need not wait in memory for the next tick
     started = status.get("startedAt") or now()
     patch.status.update(
         phase="Running", startedAt=started, queue=queue_name, job=tick.job, stage=tick.stage,
@@ -88,6 +96,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     if tick.sent:
         logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
         _event(body, "StepSent", f"{tick.job}: sent {tick.sent} units to {queue_name}")
+    if tick.phase != "Running":
+        memo.pop("markers", None)  # the run has ended: its markers need not stay in memory
     if tick.phase == "Succeeded":
         finish(patch, "Succeeded", f"done: {_summary(tick.result or {})}")
         _event(body, "Succeeded", f"done: {_summary(tick.result or {})}")

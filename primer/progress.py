@@ -12,77 +12,89 @@ import datetime as dt
 import json
 from typing import Any
 
-from primer.storage import ObjectNotFoundError, open_storage
+from primer.executor.base import Markers, failure_key
+from primer.storage import ObjectNotFoundError, Storage, open_storage
 from primer.teacher.client import LATENCY_BUCKETS
 
-MARKER_DIR = "/_markers/"
-FAILURE_DIR = "/_failures/"  # primer.executor records a unit's last failure there
 
+def _listed(output: str, markers: Markers) -> list[tuple[Storage, set[str]]]:
+    """The states under ``<output>/_work`` this tick's listing shows: the planner's if it has
+    listed them this tick (so a door lists the markers once per tick), else one scan."""
+    work = open_storage(output.rstrip("/") + "/_work")
 
-def _records(output: str, folder: str):
-    store = open_storage(output.rstrip("/") + "/_work")
-    return store, [o.key for o in store.list() if folder in f"/{o.key}"
-                   and o.key.endswith(".json") and "/gateway/" not in f"/{o.key}"]
+    def under() -> list[tuple[Storage, set[str]]]:
+        return [(state, ids) for state, ids in markers.listed()
+                if state.uri == work.uri or state.uri.startswith(work.uri + "/")]
 
-
-def _markers(output: str):
-    return _records(output, MARKER_DIR)
+    if not under():
+        markers.scan(work)
+    return under()
 
 
 def units_done(output: str) -> int:
     """Markers written so far (one listing, no reads)."""
-    return len(_markers(output)[1])
+    return sum(len(ids) for _, ids in _listed(output, Markers()))
 
 
-def unit_stats(output: str, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+def unit_stats(output: str, markers: Markers | None = None) -> dict[str, Any]:
     """Totals over every marker: units done and failed, seconds, and the teacher's tokens,
     requests (answered, failed for good, retried) and latency.
 
-    ``cache`` (kept by a caller that polls, e.g. in the operator's memo) holds the markers
-    already read: a marker never changes once written, so each is read once."""
-    store, keys = _markers(output)
-    cache = {} if cache is None else cache
-    stats = {"units_done": len(keys), "units_failed": len(_records(output, FAILURE_DIR)[1]),
+    ``markers``: the run's :class:`~primer.executor.base.Markers`, kept by a door that polls
+    (the operator's memo, the gateway's reconciler): this tick's listing is reused and each
+    marker is read once per run."""
+    markers = Markers() if markers is None else markers
+    listed = _listed(output, markers)
+    stats = {"units_done": sum(len(ids) for _, ids in listed),
+             "units_failed": sum(len(markers.failed(state)) for state, _ in listed),
              "unit_seconds": 0.0, "tokens_generated": 0, "teacher_requests": 0,
              "teacher_failures": 0, "teacher_retries": 0, "teacher_seconds": 0.0,
              "teacher_latency_counts": [0] * (len(LATENCY_BUCKETS) + 1)}
-    for key in keys:
-        if key not in cache:  # keep only what is summed (results can be large)
-            full = json.loads(store.read_text(key))
-            result = full.get("result")
-            cache[key] = {"duration_s": full.get("duration_s"), "result": {
-                "usage": result.get("usage") if isinstance(result, dict) else None}}
-        marker = cache[key]
-        stats["unit_seconds"] += float(marker.get("duration_s") or 0.0)
-        result = marker.get("result")
-        usage = result.get("usage") if isinstance(result, dict) else None
-        if isinstance(usage, dict):
-            stats["tokens_generated"] += int(usage.get("completion_tokens") or 0)
-            stats["teacher_requests"] += int(usage.get("requests") or 0)
-            stats["teacher_failures"] += int(usage.get("failures") or 0)
-            stats["teacher_retries"] += int(usage.get("retries") or 0)
-            stats["teacher_seconds"] += float(usage.get("latency_s") or 0.0)
-            counts = usage.get("latency_counts")
-            if isinstance(counts, list) and len(counts) == len(LATENCY_BUCKETS) + 1:
-                stats["teacher_latency_counts"] = [
-                    a + int(b) for a, b in zip(stats["teacher_latency_counts"], counts,
-                                               strict=True)]
+    for state, ids in listed:
+        for unit_id in sorted(ids):
+            seconds, usage = markers.derive(state, f"stats/{unit_id}", [unit_id],
+                                            lambda s=state, u=unit_id: _summed(markers, s, u))
+            stats["unit_seconds"] += seconds
+            if isinstance(usage, dict):
+                _add_usage(stats, usage)
     return stats
 
 
 def failures(output: str) -> list[dict[str, Any]]:
     """Every unit whose last attempt failed, oldest first: unit, job, error, host, failed_at
     and traceback (the records :func:`primer.executor.base.run_unit` writes)."""
-    store, keys = _records(output, FAILURE_DIR)
+    markers = Markers()
+    markers.scan(open_storage(output.rstrip("/") + "/_work"))
+    keys = [(state, failure_key(unit_id)) for state, _ in markers.listed()
+            for unit_id in markers.failed(state)]
     found = []
-    for key in keys:
+    for state, key in keys:
         try:
-            record = json.loads(store.read_text(key))
+            record = json.loads(state.read_text(key))
         except (ObjectNotFoundError, ValueError):  # the unit succeeded meanwhile, or a torn file
             continue
         found.append({k: str(record.get(k) or "") for k in
                       ("unit", "job", "error", "host", "failed_at", "traceback")})
     return sorted(found, key=lambda f: (f["failed_at"], f["job"], f["unit"]))
+
+def _summed(markers: Markers, state: Storage, unit_id: str) -> tuple[float, Any]:
+    """What the totals take from a marker (kept per run; the rest of a result can be large)."""
+    marker = markers.marker(state, unit_id) or {}
+    result = marker.get("result")
+    return (float(marker.get("duration_s") or 0.0),
+            result.get("usage") if isinstance(result, dict) else None)
+
+
+def _add_usage(stats: dict[str, Any], usage: dict[str, Any]) -> None:
+    stats["tokens_generated"] += int(usage.get("completion_tokens") or 0)
+    stats["teacher_requests"] += int(usage.get("requests") or 0)
+    stats["teacher_failures"] += int(usage.get("failures") or 0)
+    stats["teacher_retries"] += int(usage.get("retries") or 0)
+    stats["teacher_seconds"] += float(usage.get("latency_s") or 0.0)
+    counts = usage.get("latency_counts")
+    if isinstance(counts, list) and len(counts) == len(LATENCY_BUCKETS) + 1:
+        stats["teacher_latency_counts"] = [
+            a + int(b) for a, b in zip(stats["teacher_latency_counts"], counts, strict=True)]
 
 
 def eta_seconds(started_at: str | None, done: int, total: int) -> int | None:

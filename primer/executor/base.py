@@ -22,9 +22,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from rich.progress import (
     BarColumn,
@@ -44,6 +44,7 @@ MARKERS = "_markers"
 FAILURES = "_failures"
 _UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one storage key segment, no "/"
 _FN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,18 @@ def failure_key(unit_id: str) -> str:
 
 def failed_ids(state: Storage) -> set[str]:
     """Ids of the units whose last attempt failed (and that have not succeeded since)."""
-    suffix = ".json"
-    return {o.key[len(FAILURES) + 1:-len(suffix)] for o in state.list(FAILURES + "/")
-            if o.key.endswith(suffix)}
+    return set(_listed(state, FAILURES))
 
 
 def completed_ids(state: Storage) -> set[str]:
     """Ids of every unit with a marker: one listing instead of one lookup per unit."""
+    return set(_listed(state, MARKERS))
+
+
+def _listed(state: Storage, folder: str) -> dict[str, int]:
+    """``{unit id: object size}`` of the records in ``folder`` (one listing)."""
     suffix = ".json"
-    return {o.key[len(MARKERS) + 1:-len(suffix)] for o in state.list(MARKERS + "/")
+    return {o.key[len(folder) + 1:-len(suffix)]: o.size for o in state.list(folder + "/")
             if o.key.endswith(suffix)}
 
 
@@ -181,6 +185,115 @@ def read_marker(state: Storage, unit_id: str) -> dict[str, Any] | None:
 def marker_result(state: Storage, unit_id: str) -> Any:
     """What a completed unit returned (kept in its marker); None if it has not completed."""
     return (read_marker(state, unit_id) or {}).get("result")
+
+
+class Markers:
+    """A run's markers as the planners and the progress reader see them, read once per run.
+
+    A door that ticks (the operator every ``POLL_SECONDS``, the gateway every 2 s) keeps one
+    of these per run; :func:`~primer.executor.plan.reconcile` starts each tick with
+    :meth:`clear_tick`, and the door clears it again once the tick is over. Within a tick a
+    state's markers are listed once and each marker is read at most once, whoever asks (the
+    planner, ``reconcile``, the progress reader). Across ticks, what was made from finished
+    markers is kept (:meth:`result`, :meth:`derive`), because :func:`run_unit` writes a marker
+    once and never rewrites it; whole markers are not (a batch's result can be large), so
+    what a tick keeps is what the next tick needs. Without a kept instance (a new one per
+    call) every marker is read again, as a planner that restarts must.
+
+    What the cache cannot hide: a kept value is trusted only while this tick's listing shows
+    each marker it was made from with the size it had then. A deleted marker (a user deleting
+    the output to start over) drops out of the listing, so its unit counts as not done and
+    everything made from it is forgotten; a marker written again later is read again.
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[str, tuple[Storage, dict[str, int]]] = {}
+        """This tick's listings: state URI → (state, {unit id: marker size})."""
+        self._failures: dict[str, set[str]] = {}
+        """This tick's failure records: state URI → unit ids."""
+        self._read: dict[tuple[str, str], dict[str, Any] | None] = {}
+        """This tick's markers read: (state URI, unit id) → marker."""
+        self._kept: dict[str, dict[str, tuple[dict[str, int | None], Any]]] = {}
+        """For the run's life: state URI → {name: (marker sizes it was made from, value)}."""
+
+    def clear_tick(self) -> None:
+        """Forget this tick's listings and markers read (not what was kept from them): at
+        the start of a tick, and at its end (whole markers need not wait for the next)."""
+        self._listings.clear()
+        self._failures.clear()
+        self._read.clear()
+
+    def done(self, state: Storage) -> set[str]:
+        """Ids of the units of ``state`` with a marker (listed once per tick)."""
+        return set(self._listing(state))
+
+    def failed(self, state: Storage) -> set[str]:
+        """Ids of the units of ``state`` whose last attempt failed (listed once per tick)."""
+        if state.uri not in self._failures:
+            self._failures[state.uri] = set(_listed(state, FAILURES))
+        return self._failures[state.uri]
+
+    def marker(self, state: Storage, unit_id: str) -> dict[str, Any] | None:
+        """The marker of ``unit_id`` if this tick's listing shows it (read once per tick)."""
+        if unit_id not in self._listing(state):
+            return None
+        if (state.uri, unit_id) not in self._read:
+            self._read[state.uri, unit_id] = read_marker(state, unit_id)
+        return self._read[state.uri, unit_id]
+
+    def result(self, state: Storage, unit_id: str) -> Any:
+        """What a completed unit returned, kept for the run (a stage's plan, a threshold);
+        None if this tick's listing has no marker for it."""
+        if unit_id not in self._listing(state):
+            return None
+        return self.derive(state, f"result/{unit_id}", [unit_id],
+                           lambda: (self.marker(state, unit_id) or {}).get("result"))
+
+    def derive(self, state: Storage, name: str, unit_ids: list[str],
+               compute: Callable[[], T]) -> T:
+        """``compute()``, a value made from the markers of ``unit_ids`` (all in this tick's
+        listing), kept under ``name`` while each of them is listed as it was then: e.g. a
+        planner's selection over its finished rounds, which costs more than the reads."""
+        listing = self._listing(state)
+        inputs = {unit_id: listing.get(unit_id) for unit_id in unit_ids}
+        kept = self._kept.setdefault(state.uri, {})
+        if name in kept and kept[name][0] == inputs and None not in inputs.values():
+            return kept[name][1]
+        value = compute()
+        kept[name] = (inputs, value)
+        return value
+
+    def listed(self) -> list[tuple[Storage, set[str]]]:
+        """The states listed this tick, with their completed unit ids."""
+        return [(state, set(ids)) for state, ids in self._listings.values()]
+
+    def scan(self, root: Storage) -> None:
+        """List every state under ``root`` in one recursive listing (for a reader that does
+        not know where a component keeps its markers)."""
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for o in root.list():
+            head, _, name = o.key.rpartition("/")
+            parent, _, folder = head.rpartition("/")
+            if folder in (MARKERS, FAILURES) and name.endswith(".json"):
+                found.setdefault(parent, {MARKERS: {}, FAILURES: {}})[folder][name[:-5]] = \
+                    o.size
+        for parent, records in found.items():
+            state = root.child(parent) if parent else root
+            self._remember(state, records[MARKERS])
+            self._failures[state.uri] = set(records[FAILURES])
+
+    def _listing(self, state: Storage) -> dict[str, int]:
+        if state.uri not in self._listings:
+            self._remember(state, _listed(state, MARKERS))
+        return self._listings[state.uri][1]
+
+    def _remember(self, state: Storage, listing: dict[str, int]) -> None:
+        self._listings[state.uri] = (state, listing)
+        kept = self._kept.get(state.uri, {})
+        # Forget what was made from markers deleted (or rewritten) since.
+        for name in [n for n, (inputs, _) in kept.items()
+                     if any(listing.get(i) != size for i, size in inputs.items())]:
+            del kept[name]
 
 
 def skipped_outcomes(job: Job, state: Storage) -> Iterator[UnitOutcome]:

@@ -31,8 +31,7 @@ from primer.errors import MESSAGE_LIMIT, clip, one_line, plain
 from primer.executor.base import (
     Executor,
     Job,
-    completed_ids,
-    failed_ids,
+    Markers,
     failure_key,
     marker_result,
 )
@@ -76,8 +75,10 @@ class Planner(abc.ABC, Generic[C]):
         """The component config a run spec (:mod:`primer.runs`) stands for."""
 
     @abc.abstractmethod
-    def next(self, config: C) -> Step | Done:
-        """The next step of the run, from the markers written so far."""
+    def next(self, config: C, markers: Markers | None = None) -> Step | Done:
+        """The next step of the run, from the markers written so far: read through
+        ``markers`` (a door that ticks keeps one per run, so the results of finished steps
+        are read once), or all again without it."""
 
     @abc.abstractmethod
     def output(self, config: C) -> str:
@@ -100,8 +101,10 @@ def drive(plan: Planner[C], config: C, executor: Executor, *, progress: bool = T
           on_step: Callable[[Step], None] | None = None) -> dict[str, Any]:
     """Run ``config``'s plan to the end with ``executor``; returns the final result."""
     last: str | None = None
+    markers = Markers()  # each step's results are read once for the whole drive
     while True:
-        step = plan.next(config)
+        markers.clear_tick()
+        step = plan.next(config, markers)
         if isinstance(step, Done):
             return step.result
         if step.job.name == last:  # a planner bug would otherwise loop forever
@@ -142,21 +145,27 @@ class Tick:
 
 
 def reconcile(plan: Planner[C], config: C, sent: str | None,
-              send: Callable[[Job], int]) -> Tick:
+              send: Callable[[Job], int], markers: Markers | None = None) -> Tick:
     """One tick of an asynchronous door: plan, send the step's missing units unless ``sent``
     (the job sent earlier) is this step's, and say where the run stands.
 
     A unit that failed on a worker (an exception: Celery does not redeliver it) fails the
     run with its error; sending a step clears its units' old failure records first, so a
     run resumed after a failure retries exactly the units that failed.
+
+    ``markers``: the run's :class:`Markers`, kept by the door from tick to tick: this tick
+    lists the markers once (pass the same object to :func:`primer.progress.unit_stats`
+    after it) and reads only the markers written since the last tick.
     """
-    step = plan.next(config)
+    markers = Markers() if markers is None else markers
+    markers.clear_tick()
+    step = plan.next(config, markers)
     if isinstance(step, Done):
         return Tick("Succeeded", None, "done", result=step.result)
     job = step.job
     state = open_storage(job.state_uri)
     ids = [u.id for u in job.units]
-    done = completed_ids(state) & set(ids)
+    done = markers.done(state) & set(ids)
     count = 0
     if job.name != sent:
         todo = [u for u in job.units if u.id not in done]
@@ -166,7 +175,7 @@ def reconcile(plan: Planner[C], config: C, sent: str | None,
         log.info("run step %s: sent %d units (%d already done)", job.name, count, len(done),
                  extra={"job": job.name})
     else:
-        failed = sorted(failed_ids(state) & (set(ids) - done))
+        failed = sorted(markers.failed(state) & (set(ids) - done))
         if failed:
             error, trace = _failure_message(state, job, failed)
             return Tick("Failed", job.name, step.stage, len(done), len(ids), error=error,

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from primer.config import load_config
-from primer.executor import Job, WorkUnit, completed_ids
-from primer.executor.plan import Done, Planner, Step, unit_result
+from primer.executor import Job, WorkUnit
+from primer.executor.base import Markers
+from primer.executor.plan import Done, Planner, Step
 from primer.runs import CurationRun, nested
 from primer.storage import open_storage
 from services.curation.config import CurationConfig
@@ -59,14 +60,15 @@ class CurationPlanner(Planner[CurationConfig]):
     def output(self, config: CurationConfig) -> str:
         return open_storage(config.output or f"{config.storage.root}/runs/curate/curated").uri
 
-    def next(self, config: CurationConfig) -> Step | Done:
+    def next(self, config: CurationConfig, markers: Markers | None = None) -> Step | Done:
         out = self.output(config)
         _claim(out, config)
-        for stage, units in _stages(config, out):
+        markers = Markers() if markers is None else markers
+        for stage, units in _stages(config, out, markers):
             job = Job(f"curate-{stage}", units, state_uri(out, stage))
-            if not {u.id for u in units} <= completed_ids(open_storage(job.state_uri)):
+            if not {u.id for u in units} <= markers.done(open_storage(job.state_uri)):
                 return Step(job, stage)
-        return Done(unit_result(state_uri(out, "commit"), "commit"))
+        return Done(markers.result(open_storage(state_uri(out, "commit")), "commit"))
 
 
 def _claim(out: str, cfg: CurationConfig) -> None:
@@ -84,12 +86,17 @@ def _claim(out: str, cfg: CurationConfig) -> None:
             indent=1, default=str))
 
 
-def _stages(cfg: CurationConfig, out: str) -> Iterator[tuple[str, list[WorkUnit]]]:
+def _stages(cfg: CurationConfig, out: str, markers: Markers
+            ) -> Iterator[tuple[str, list[WorkUnit]]]:
     """Each stage's units; a later stage is built only once the earlier ones are done (the
     generator is not resumed past the first unfinished stage)."""
+
+    def result(stage: str) -> Any:  # of a finished one-unit stage, named after the stage
+        return markers.result(open_storage(state_uri(out, stage)), stage)
+
     config = cfg.model_dump(mode="json", exclude=DOOR_KEYS)
     yield "plan", [WorkUnit("plan", f"{MOD}:plan_unit", {"config": config})]
-    parts: list[dict[str, Any]] = unit_result(state_uri(out, "plan"), "plan")["parts"]
+    parts: list[dict[str, Any]] = result("plan")["parts"]
     n = len(parts)
     shared = {"config": config, "out": out}
     yield "read", [WorkUnit(f"read-{i:05d}", f"{MOD}:read_unit", {**shared, "part": p,
@@ -108,7 +115,7 @@ def _stages(cfg: CurationConfig, out: str) -> Iterator[tuple[str, list[WorkUnit]
                     for i in range(n)]
     yield "threshold", [WorkUnit("threshold", f"{MOD}:threshold_unit",
                                  {**shared, "n_shards": n})]
-    threshold = unit_result(state_uri(out, "threshold"), "threshold")
+    threshold = result("threshold")
     yield "select", [WorkUnit(f"select-{i:05d}", f"{MOD}:select_unit",
                               {**shared, "index": i, "threshold": threshold})
                      for i in range(n)]

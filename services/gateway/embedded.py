@@ -28,6 +28,7 @@ import redis
 from primer import progress
 from primer.errors import one_line, plain_traceback, short_error
 from primer.executor import Job
+from primer.executor.base import Markers
 from primer.executor.plan import RunFailed, Tick, planner, reconcile
 from primer.executor.queue import QueueUnavailable, cancel, enqueue, task_prefix
 from primer.runs import KINDS, TERMINAL, parse_spec
@@ -113,6 +114,9 @@ class Reconciler:
         self.store, self.config = store, config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._markers: dict[str, Markers] = {}
+        """Per run id, while the run is active here: its markers are read once, not once
+        per pass. A run that ends (or that another replica ends) drops its own."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="primer-reconciler",
@@ -135,7 +139,10 @@ class Reconciler:
         """Tick every run not yet ended (those another replica holds are skipped); forget
         the expired ones."""
         self.store.prune()
-        for run_id in self.store.active():
+        active = list(self.store.active())
+        for run_id in set(self._markers) - set(active):
+            del self._markers[run_id]
+        for run_id in active:
             token = uuid.uuid4().hex
             # The lock outlives a slow tick (sending a big step) but not a dead replica.
             if not self.store.lock(run_id, token, ttl_s=max(60.0, 10 * self.config.
@@ -156,7 +163,10 @@ class Reconciler:
         sent = changes.pop("sent", 0)
         if not self.store.update(run_id, **changes):
             cancel(record["queue"], self.config.redis_url, task_prefix("gateway", run_id))
+            self._markers.pop(run_id, None)
             return
+        if changes.get("phase") in TERMINAL:
+            self._markers.pop(run_id, None)  # the run has ended: its markers may go
         for event in _events(record, changes, sent):
             self.store.log(run_id, event)
 
@@ -164,6 +174,7 @@ class Reconciler:
         """One step of one run: the fields of its record that change."""
         run_id, component = record["id"], record["component"]
         queue = record["queue"]
+        markers = self._markers.setdefault(run_id, Markers())
         started = {} if record.get("started_at") else {"started_at": now()}
 
         def send(job: Job) -> int:
@@ -172,8 +183,9 @@ class Reconciler:
         try:
             plan = planner(component)
             tick = reconcile(plan, plan.resolve(parse_spec(KINDS[component], record["spec"])),
-                             record.get("job"), send)
+                             record.get("job"), send, markers)
         except TRANSIENT as exc:
+            markers.clear_tick()
             return {"progress": {**record["progress"],
                                  "detail": f"will retry: {one_line(str(exc))}"}}
         except Exception as exc:  # the spec, its config or the plan is wrong: say so, stop
@@ -188,7 +200,8 @@ class Reconciler:
                          "stage": tick.stage, "detail": f"step {tick.job}" if tick.job else ""},
             "sent": tick.sent}  # for the log (advance), not the record
         if tick.done != record["progress"].get("units_done") or tick.phase != "Running":
-            changes["stats"] = _stats(record["output"])
+            changes["stats"] = _stats(record["output"], markers)
+        markers.clear_tick()  # whole markers need not wait in memory for the next pass
         if tick.phase == "Succeeded":
             changes.update(finished_at=now(),
                            outputs=progress.outputs(component, record["output"]))
@@ -218,8 +231,8 @@ def _events(record: dict[str, Any], changes: dict[str, Any], sent: int) -> list[
     return events
 
 
-def _stats(output: str) -> dict[str, Any]:
+def _stats(output: str, markers: Markers) -> dict[str, Any]:
     try:
-        return progress.unit_stats(output)
+        return progress.unit_stats(output, markers)
     except Exception as exc:  # totals are best effort; the phase is recorded anyway
         return {"error": short_error(exc)}

@@ -11,6 +11,7 @@ continues exactly where the run is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,15 +19,17 @@ from pydantic import BaseModel, ConfigDict
 
 from primer.config import load_config
 from primer.datasets import MANIFEST, DatasetError, Manifest
-from primer.executor import Job, WorkUnit, completed_ids, marker_result
+from primer.executor import Job, WorkUnit
+from primer.executor.base import Markers
 from primer.executor.plan import Done, Planner, Step
 from primer.runs import GenerationRun, nested
-from primer.storage import open_storage
+from primer.storage import Storage, open_storage
 from services.generation.config import GenerateConfig
 from services.generation.run import (
     COMMIT_FN,
     COMMIT_ID,
     GenerationError,
+    Selection,
     request_of,
     select,
     units_for,
@@ -65,7 +68,7 @@ class GenerationPlanner(Planner[GenerationTarget]):
     def output(self, target: GenerationTarget) -> str:
         return open_storage(target.output).uri
 
-    def next(self, target: GenerationTarget) -> Step | Done:
+    def next(self, target: GenerationTarget, markers: Markers | None = None) -> Step | Done:
         kind, count, output, config = target.kind, target.count, target.output, target.config
         if kind not in KINDS:
             raise GenerationError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -73,13 +76,15 @@ class GenerationPlanner(Planner[GenerationTarget]):
             raise GenerationError("--count must be at least 1")
         state_uri = work_uri(output)
         state = open_storage(state_uri)
-        done = completed_ids(state)
+        markers = Markers() if markers is None else markers
+        done = markers.done(state)
         if COMMIT_ID in done:
-            return Done(marker_result(state, COMMIT_ID) or {})
+            return Done(markers.result(state, COMMIT_ID) or {})
         _refuse_other_dataset(output, request_of(kind, count, config))
 
         gen = config.generation
-        results: dict[str, Any] = {}
+        finished: list[str] = []  # the batches of the finished rounds
+        selection = select([], count)  # over them
         planned, round_ = 0, 0
         limit = math.ceil(count * gen.max_specs_factor)
         want = math.ceil(count * gen.overgenerate)
@@ -88,7 +93,6 @@ class GenerationPlanner(Planner[GenerationTarget]):
             if stop <= planned:
                 if gen.allow_fewer:
                     break  # publish what there is; the manifest records the shortfall
-                selection = select(list(results.values()), count)
                 raise GenerationError(
                     f"only {selection.kept} of {count} valid records after {planned} specs "
                     f"(limit count × max_specs_factor = {limit}); drops: "
@@ -98,10 +102,13 @@ class GenerationPlanner(Planner[GenerationTarget]):
             if not {u.id for u in units} <= done:
                 return Step(Job(f"generate-{kind}-round-{round_}", units, state_uri),
                             f"round {round_}")
-            for unit in units:
-                results[unit.id] = marker_result(state, unit.id)
+            finished += [u.id for u in units]
             planned, round_ = stop, round_ + 1
-            selection = select(list(results.values()), count)
+            # A finished round's selection is kept in a door's memo (without its rows: they
+            # hold the batches' results): it is most of what a tick costs.
+            selection = markers.derive(state, f"selection-{planned}", finished, lambda ids=(
+                tuple(finished)): _counts(select([_result(markers, state, i) for i in ids],
+                                                 count)))
             if selection.kept >= count:
                 break
             rate = max(selection.kept / selection.specs, 1.0 / gen.max_specs_factor)
@@ -112,6 +119,14 @@ class GenerationPlanner(Planner[GenerationTarget]):
             "kind": kind, "count": count, "output": output, "stop": planned,
             **{k: args[k] for k in ("teacher", "settings", "sandbox")}})
         return Step(Job(f"generate-{kind}-commit", [commit], state_uri), "commit")
+
+
+def _result(markers: Markers, state: Storage, unit_id: str) -> Any:
+    return (markers.marker(state, unit_id) or {}).get("result")
+
+
+def _counts(selection: Selection) -> Selection:
+    return dataclasses.replace(selection, rows=[])
 
 
 def _refuse_other_dataset(output: str, request: dict[str, Any]) -> None:
