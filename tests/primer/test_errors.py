@@ -89,7 +89,7 @@ class _OneUnit(Planner):
     def resolve(self, spec):
         return spec
 
-    def next(self, config):
+    def next(self, config, markers=None):
         return Step(self.job, "explode")
 
     def output(self, config):

@@ -259,7 +259,8 @@ def test_cancel_logs_and_expiry_end_to_end_with_workers_on_s3(redis_url, s3_buck
             assert messages[1].startswith("step curate-plan: 1 units sent to queue ")
             assert messages[2:4] == ["step curate-plan done", messages[3]]
             assert messages[3].startswith("step curate-read: ") and "units sent" in messages[3]
-            assert len(messages) == 5 and messages[4].startswith("failed: curate-read: ")
+            assert len(messages) == 5 and messages[4].startswith("failed: InputError: ")
+            assert "(unit read-00000 of step curate-read;" in messages[4]
             assert "expected a JSON object with 'text'" in messages[-1]
             assert logs["failures"], logs
             for failure in logs["failures"]:  # recorded on the worker, in S3
