@@ -15,12 +15,21 @@ from typing import Any
 import kopf
 
 from operators.config import DELETE_ATTEMPTS, POLL_SECONDS, RETRY_SECONDS, OperatorConfig
-from operators.status import GROUP, VERSION, finish, is_terminal, now, refuse_invalid
+from operators.status import (
+    GROUP,
+    VERSION,
+    finish,
+    is_terminal,
+    now,
+    refuse_invalid,
+    set_condition,
+)
 from primer import progress
 from primer.config import ConfigError
 from primer.errors import plain_traceback, short_error
 from primer.executor import queue
 from primer.executor.base import Markers
+from primer.executor.consumers import Consumers, no_consumer
 from primer.executor.plan import RunFailed, planner, reconcile
 from primer.runs import S3_URI, CurationRun, GenerationRun
 from primer.storage import StorageError
@@ -96,6 +105,8 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
     if tick.sent:
         logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
         _event(body, "StepSent", f"{tick.job}: sent {tick.sent} units to {queue_name}")
+    if (conditions := _waiting(status, queue_name, config.redis_url, tick.phase)) is not None:
+        patch.status["conditions"] = conditions
     if tick.phase != "Running":
         memo.pop("markers", None)  # the run has ended: its markers need not stay in memory
     if tick.phase == "Succeeded":
@@ -114,6 +125,33 @@ def _event(body: Any, reason: str, message: str, warning: bool = False) -> None:
     logger lines by default (settings.posting.loggers), and its own chatter would drown them."""
     if body is not None:  # None: called outside the operator (tests of the planner doors)
         (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+
+
+#: One per broker: the workers are asked at most every few seconds, whatever the runs.
+_CONSUMERS: dict[str, Consumers] = {}
+
+
+def _waiting(status: dict[str, Any], queue_name: str, redis_url: str,
+             phase: str) -> list[dict[str, Any]] | None:
+    """The run's conditions with ``Waiting`` True (reason NoConsumer, naming the queue and the
+    worker command) while no worker consumes its queue, False once one does or the run ended;
+    None when nothing changes or the workers cannot be asked."""
+    conditions = status.get("conditions") or []
+    was = any(c.get("type") == "Waiting" and c.get("status") == "True" for c in conditions)
+    if phase != "Running":
+        return set_condition(conditions, "Waiting", "False", "RunEnded", "the run has ended") \
+            if was else None
+    consumers = _CONSUMERS.setdefault(redis_url, Consumers(redis_url))
+    try:
+        idle = not consumers.counts()[queue_name]
+    except Exception:  # the broker is away: the tick's own retry says so
+        return None
+    if idle:
+        waiting = no_consumer(queue_name)
+        return set_condition(conditions, "Waiting", "True", waiting["reason"],
+                             waiting["message"])
+    return set_condition(conditions, "Waiting", "False", "ConsumerFound",
+                         f"a worker consumes queue {queue_name!r}") if was else None
 
 
 def _summary(result: dict[str, Any]) -> str:

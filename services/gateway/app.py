@@ -4,7 +4,7 @@
                            → 201, the run (phase Pending), Location: /v1/runs/<id>
     GET  /v1/runs          newest first; ?component=&phase=&limit=&offset=
     GET  /v1/runs/{id}     phase, progress (units done), outputs, error, conditions (a run
-                           whose queue no worker consumes says so: consumers.py)
+                           whose queue no worker consumes says so: primer.executor.consumers)
     DELETE /v1/runs/{id}   cancel: 200, the run (phase Cancelled); 409 if it had ended
     GET  /v1/runs/{id}/logs  the driver's events and the units' failures (with tracebacks)
     GET  /metrics          Prometheus (see metrics.py)
@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
+from primer.executor.consumers import Consumers
 from primer.executor.queue import QueueUnavailable
 from primer.runs import Phase, SpecError, worker_command
 from primer.storage import StorageError
@@ -41,7 +42,6 @@ from services.gateway import policy
 from services.gateway.auth import bearer_scheme
 from services.gateway.cluster import ClusterRuns, ClusterUnavailable
 from services.gateway.config import COMPONENTS, GatewayConfig
-from services.gateway.consumers import Consumers
 from services.gateway.embedded import EmbeddedRuns, NotPlanned
 from services.gateway.guard import Guard, RateLimiter
 from services.gateway.metrics import GatewayCollector

@@ -1,8 +1,8 @@
 """``GET /metrics``: computed at scrape time from Redis, so every replica reports the same.
 
 - ``primer_queue_length{queue}``: units waiting in each Celery queue (what KEDA scales on);
-- ``primer_queue_consumers{queue}``: workers consuming each queue (``consumers.py``: Celery's
-  ``active_queues`` broadcast, asked at most every few seconds), 0 when none does;
+- ``primer_queue_consumers{queue}``: workers consuming each queue (Celery's ``active_queues``
+  broadcast, asked at most every few seconds: ``primer.executor.consumers``), 0 when none does;
 - ``primer_runs{component,phase}``: run records by phase;
 - ``primer_units_done{component}``: work units completed (markers) over all runs — finished
   runs from their recorded totals, running ones from their last progress refresh;
@@ -32,10 +32,10 @@ from typing import Any, get_args
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from primer.executor.consumers import Consumers
 from primer.runs import Phase
 from primer.teacher.client import LATENCY_BUCKETS
 from services.gateway.config import COMPONENTS, GatewayConfig
-from services.gateway.consumers import Consumers
 from services.gateway.store import RunStore
 
 PHASES = get_args(Phase)

@@ -20,10 +20,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from primer.executor.consumers import Consumers
 from primer.progress import unit_stats
 from primer.teacher.client import LATENCY_BUCKETS, Usage
 from services.gateway.app import create_app
-from services.gateway.consumers import Consumers
 from services.gateway.metrics import GatewayCollector
 from services.gateway.store import RunStore
 from tests.charts.k8s_schemas import CHART, helm, validate

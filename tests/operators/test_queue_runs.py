@@ -52,6 +52,13 @@ def test_generationrun_sends_the_planned_step_once_and_delete_takes_it_back(
     assert sorted(m["headers"]["id"] for m in messages) == [
         f"{NS}.gen1.uid-gen1.exercises-00000000{i}" for i in (0, 2, 4, 6)]
     assert {m["headers"]["task"] for m in messages} == {"primer.run_unit"}
+    # No worker consumes generation-op here: the run's status says so, naming the queue.
+    waiting = wait_for(lambda: [c for c in status_of(cluster, "gen1").get("conditions", [])
+                                if c["type"] == "Waiting"], "a Waiting condition")
+    assert waiting[0]["status"] == "True" and waiting[0]["reason"] == "NoConsumer"
+    assert "no worker consumes queue 'generation-op'" in waiting[0]["message"]
+    assert "worker -Q generation-op" in waiting[0]["message"]
+    validator("GenerationRun").validate(cluster.get(GV, "generationruns", "gen1"))
 
     # The units sent are the planner's, argument for argument, as any door would build them.
     for k, v in s3_server.env().items():

@@ -2,9 +2,10 @@
 
 The workers are asked (Celery's ``active_queues`` broadcast over the broker; a worker that is
 up answers within ``timeout``) and the answer is kept for ``ttl`` seconds, so the metrics
-scrape, ``/readyz`` and every ``GET /v1/runs`` share one question every few seconds instead
-of one each. A run whose queue has no consumer gets a ``NoConsumer`` condition naming the
-queue and the command that starts a worker on it.
+scrape, ``/readyz`` and every ``GET /v1/runs`` (or every operator tick) share one question
+every few seconds instead of one each. A run whose queue has no consumer gets a ``NoConsumer``
+condition naming the queue and the command that starts a worker on it: in the gateway's run
+records and in the custom resource's status.
 """
 
 from __future__ import annotations
