@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import yaml
 
-from operators.config import OperatorConfig
 from primer.k8s import TrainingJobSpec, build_pytorchjob
 from primer.runs import QUEUES
 from services.gateway.config import GatewayConfig
@@ -523,6 +522,10 @@ def test_the_readme_starts_workers_on_the_queues_runs_are_sent_to():
     consumed = re.search(r"celery -A primer.executor.celery_app worker -Q (\S+)", readme)
     assert consumed and set(consumed[1].split(",")) == set(QUEUES.values())
     assert GatewayConfig().queues == QUEUES
+    # Imported here: importing the operator package at collection would load the kubernetes
+    # client before tests/operators/conftest.py points it at the test cluster.
+    from operators.config import OperatorConfig
+
     operator = OperatorConfig()
     assert (operator.curation_queue, operator.generation_queue) == \
         (QUEUES["curation"], QUEUES["generation"])
