@@ -39,7 +39,6 @@ def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, work: str,
     from model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    eos = tok.eos_token_id
     src, dst = open_storage(source), open_storage(out)
     columns = [prompt_column, completion_column] if finetune else [text_column]
     carry_ids, carry_mask = np.zeros(0, dtype), np.zeros(0, np.uint8)

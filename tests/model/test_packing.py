@@ -155,3 +155,24 @@ def test_a_failed_pack_resumes_without_redoing_finished_units(tmp_path, text_dat
     fresh = str(tmp_path / "fresh")
     pack([Source(text_dataset)], fresh, **args)
     assert _files(out) == _files(fresh)
+
+
+@pytest.mark.integration
+def test_celery_workers_pack_the_same_bytes(tmp_path, text_dataset, packed, redis_url):
+    import uuid
+
+    from primer.executor import CeleryExecutor
+    from tests.primer.test_executor import celery_workers
+
+    args = dict(tokenizer=f"{packed}/tokenizer", seq_len=SEQ, windows_per_shard=300)
+    local, remote = str(tmp_path / "local"), str(tmp_path / "celery")
+    pack([Source(text_dataset)], local, workers=2, **args)
+    queue = f"primer-pack-{uuid.uuid4().hex[:8]}"
+    with celery_workers(redis_url, queue, tmp_path / "logs", n=2):
+        pack([Source(text_dataset)], remote, executor=CeleryExecutor(
+            redis_url, queue=queue, timeout=300), **args)
+    assert _files(local) == _files(remote)
+    assert read_manifest(local).shards == read_manifest(remote).shards
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+    # both kinds of unit ran in the workers (Celery logs each task's result)
+    assert "'dropped_tokens'" in logs and "'sha256'" in logs, logs[-3000:]
