@@ -2,7 +2,8 @@
 
 ``tokenize_shard``: one Parquet shard of one source → ``<work>/<unit>.tok`` (+ ``.mask``),
 whole windows only: its documents joined with EOS, cut into ``seq_len`` windows, the
-remainder of the shard (under ``seq_len`` tokens) dropped. Streams batch by batch.
+remainder of the shard (under ``seq_len`` tokens) dropped. Streams about a MiB of text at a
+time.
 
 ``write_shard``: one output shard → ``tokens-NNNNN.bin`` (+ ``mask-NNNNN.bin``), its windows
 gathered by ranged reads from the tokenized files, in the order the coordinator wrote to
@@ -24,6 +25,8 @@ from primer.storage import Storage, open_storage
 
 #: Neighbouring windows of one file closer than this are fetched in one read (fewer GETs).
 COALESCE_BYTES = 1 << 20
+#: Characters tokenized in one call: the tokenizer's output is tens of bytes a token.
+CHUNK_CHARS = 1 << 20
 #: The largest single read while gathering, so a dense run never loads a whole file.
 MAX_READ_BYTES = 16 << 20
 
@@ -48,13 +51,13 @@ def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, work: str,
         tok_out = stack.enter_context(dst.open_write(f"{work}/{unit}.tok"))
         mask_out = stack.enter_context(dst.open_write(f"{work}/{unit}.mask")) \
             if finetune else None
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=columns):
+        for rows in _chunks(f, columns):
             if finetune:
-                ids, mask = _encode_pairs(tok, batch.column(prompt_column).to_pylist(),
-                                          batch.column(completion_column).to_pylist(), dtype)
+                ids, mask = _encode_pairs(tok, [r[0] for r in rows], [r[1] for r in rows],
+                                          dtype)
             else:
-                ids, mask = _encode_texts(tok, batch.column(text_column).to_pylist(), dtype)
-            documents += batch.num_rows
+                ids, mask = _encode_texts(tok, [r[0] for r in rows], dtype)
+            documents += len(rows)
             ids = np.concatenate([carry_ids, ids])
             whole = ids.size // seq_len * seq_len
             tok_out.write(ids[:whole].tobytes())
@@ -65,6 +68,21 @@ def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, work: str,
                 carry_mask = mask[whole:]
             windows += whole // seq_len
     return {"windows": windows, "documents": documents, "dropped_tokens": int(carry_ids.size)}
+
+
+def _chunks(f, columns: list[str], max_chars: int = CHUNK_CHARS):
+    """The shard's rows (tuples of ``columns``) in lists of about ``max_chars`` characters:
+    what one call to the tokenizer holds, whatever the shard's size."""
+    rows, size = [], 0
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=256, columns=columns):
+        for row in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
+            rows.append(row)
+            size += sum(len(v) for v in row if v)
+            if size >= max_chars:
+                yield rows
+                rows, size = [], 0
+    if rows:
+        yield rows
 
 
 def _encode_texts(tok, texts: list, dtype: str) -> tuple[np.ndarray, np.ndarray]:
