@@ -89,7 +89,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     store = open_storage(cfg.data.path)
     if not store.exists("_manifest.json"):
         raise TrainConfigError(f"--data {store.uri}: no dataset there (no _manifest.json)")
-    if world_size > 1 and not is_packed(cfg.data.path):
+    if world_size > 1 and not is_packed(cfg.data.path) and not _packed_before(cfg):
         raise TrainConfigError(text_data_with_ranks(cfg, world_size))
     if t.stop_at is not None and t.stop_at > t.steps:
         raise TrainConfigError(
@@ -118,13 +118,20 @@ def text_data_with_ranks(cfg: TrainConfig, world_size: int) -> str:
             f"then train with --data {target}")
 
 
+def _packed_before(cfg: TrainConfig) -> bool:
+    """Whether ``<output>/data`` already holds the pack of a text ``data.path`` (a run that
+    one process started, resumed on several)."""
+    target = open_storage(cfg.output).child("data")
+    return target.exists("_manifest.json") and is_packed(target.uri)
+
+
 def prepare_data(cfg: TrainConfig) -> str:
     """The packed dataset to train on: ``data.path`` itself, or ``<output>/data`` packed from
     the text dataset at ``data.path`` (one process only: :func:`validate` stops several)."""
     if is_packed(cfg.data.path):
         return cfg.data.path
     target = open_storage(cfg.output).child("data")
-    if not (target.exists("_manifest.json") and is_packed(target.uri)):
+    if not _packed_before(cfg):
         d = cfg.data
         log.info("packing text dataset %s into %s", d.path, target.uri)
         pack([Source(d.path)], target.uri, tokenizer=d.tokenizer, seq_len=d.seq_len,

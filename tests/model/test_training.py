@@ -204,6 +204,7 @@ def test_fsdp2_two_ranks_train_checkpoint_and_resume(packed, tmp_path):
     assert sum(list(got.values())[-4:]) / 4 < sum(list(got.values())[:4]) / 4
 
 
+@pytest.mark.slow
 def test_torchrun_on_a_text_dataset_fails_at_once_and_names_the_pack_command(
         text_dataset, packed, tmp_path):
     out = tmp_path / "ranks"
@@ -226,3 +227,11 @@ def test_torchrun_on_a_text_dataset_fails_at_once_and_names_the_pack_command(
     assert result.exit_code == 0, result.output
     meta = read_manifest(str(out / "data")).metadata
     assert meta["seq_len"] == 64 and meta["format"] == "primer-tokens/1"
+    # and with it packed, the same torchrun line trains on it
+    proc = subprocess.run(
+        [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+         "model.train", *train_args(text_dataset, out, 2, f"--data.tokenizer={tokenizer}",
+                                    "--data.seq_len=64")],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(losses(out)) == [1, 2]
