@@ -89,19 +89,35 @@ def pack(
     = "Salesforce/codegen-350M-mono",
     seq_len: Annotated[int, typer.Option(help="Window length in tokens.")] = 2048,
     seed: Annotated[int, typer.Option(help="Seed of the mix and its order.")] = 1234,
-    workers: Annotated[int, typer.Option(help="Tokenizer processes.")] = 2,
+    executor: Annotated[str, typer.Option(help="local (process pool) or celery (the "
+                                          "curation workers, over PRIMER_REDIS_URL).")]
+    = "local",
+    workers: Annotated[int, typer.Option(min=1, help="Local processes (--executor local).")]
+    = 2,
     finetune: Annotated[bool, typer.Option(help="prompt/completion records; loss mask.")]
     = False,
     text_column: Annotated[str, typer.Option(help="Column with the documents.")] = "text",
+    prompt_column: Annotated[str, typer.Option(help="Finetuning: the prompt's column.")]
+    = "prompt",
+    completion_column: Annotated[str, typer.Option(help="Finetuning: the solution's column.")]
+    = "completion",
     vocab: Annotated[int, typer.Option(help="Vocabulary of a trained BPE.")] = 4096,
 ) -> None:
-    """Tokenize datasets in parallel, mix them by weight and pack fixed-length windows."""
-    from model.packing import Source
+    """Tokenize datasets as work units, mix them by weight and pack fixed-length windows.
+
+    A rerun of the same command resumes: units that finished are skipped."""
+    from model.packing import Source, make_executor
     from model.packing import pack as run_pack
 
+    try:  # local: pack() sizes the pool to the units
+        runner = None if executor == "local" else make_executor(executor, workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--executor") from None
     meta = run_pack([Source.parse(s) for s in sources], output, tokenizer=tokenizer,
                     seq_len=seq_len, seed=seed, workers=workers, finetune=finetune,
-                    text_column=text_column, tokenizer_vocab=vocab)
+                    text_column=text_column, prompt_column=prompt_column,
+                    completion_column=completion_column, tokenizer_vocab=vocab,
+                    executor=runner)
     typer.echo(f"packed {meta['windows']} windows of {meta['seq_len']} tokens into {output}")
 
 

@@ -57,8 +57,8 @@ class DataConfig(ConfigModel):
     """Where the training windows come from and how text becomes tokens."""
 
     path: str = Field("", description=(
-        "Packed token dataset URI (from `primer pack`), or a text dataset, which is packed "
-        "into <output>/data first."))
+        "Packed token dataset URI (from `primer pack`), or a text dataset, which one process "
+        "packs into <output>/data first (several processes stop and say what to run)."))
     tokenizer: str = Field("Salesforce/codegen-350M-mono", description=(
         "Hugging Face tokenizer name or path/URI; 'train' trains a byte-level BPE on the data "
         "(offline) and stores it with the run. Used only when packing."))

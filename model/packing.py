@@ -1,4 +1,4 @@
-"""Tokenize text datasets in parallel and pack them into fixed windows of token ids.
+"""Pack text datasets into fixed windows of token ids, as work units in bounded memory.
 
 Output (a dataset prefix, manifest written last as for every Primer dataset)::
 
@@ -7,10 +7,18 @@ Output (a dataset prefix, manifest written last as for every Primer dataset)::
     <out>/mask-00000.bin        finetuning only: 1 where a token carries loss (the solution)
     <out>/_manifest.json        shards, token count, metadata: seq_len, dtype, sources, seed
 
-Documents are joined with EOS and cut into ``seq_len`` windows (the last partial window of
-each source is dropped). Several sources mix by weight: source *i* contributes
-``round(w_i / Σw × Σ windows)`` windows, subsampled or repeated in a seeded order, and the
-mixed windows are shuffled with the same seed, so a pack is a pure function of its inputs.
+Three steps, none of which holds the corpus (see :mod:`model.pack_units`):
+
+1. one unit per input shard joins its documents with EOS and cuts them into ``seq_len``
+   windows (the shard's remainder, under one window, is dropped) and reports the count;
+2. this process computes, from the counts only, each source's picks and the shuffled order
+   as one integer per output window (``order.bin``: 4 bytes a window);
+3. one unit per output shard gathers its windows by ranged reads and writes the shard.
+
+Several sources mix by weight: source *i* contributes ``round(w_i / Σw × Σ windows)``
+windows, subsampled or repeated in a seeded order, and the mixed windows are shuffled with
+the same seed, so a pack is a pure function of its inputs and seed, whatever the executor or
+its number of workers. Units leave markers: a rerun skips what was done.
 
 :class:`PackedDataset` reads windows back in a seeded order that depends only on the global
 sample index: the reader's position in a checkpoint is one integer, independent of the number
@@ -20,15 +28,15 @@ of ranks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from primer.datasets import DatasetError, Producer, ShardInfo, commit_dataset, read_manifest
-from primer.executor import Job, LocalExecutor, WorkUnit
+from primer.executor import Executor, Job, LocalExecutor, WorkUnit
 from primer.storage import Storage, open_storage
 
 log = logging.getLogger("primer.model.packing")
@@ -36,6 +44,7 @@ log = logging.getLogger("primer.model.packing")
 FORMAT = "primer-tokens/1"
 WORK = "_work"
 TARGET_SHARD_BYTES = 64 << 20
+UNITS = "model.pack_units"
 
 
 @dataclass(frozen=True)
@@ -69,48 +78,18 @@ def is_packed(uri: str) -> bool:
     return read_manifest(uri).metadata.get("format") == FORMAT
 
 
-# -- one work unit: one input shard -> one token stream ----------------------------------------
+def make_executor(kind: str = "local", workers: int = 2,
+                  redis_url: str | None = None) -> Executor:
+    """``local``: a process pool of ``workers``; ``celery``: the curation workers' queue
+    (``PRIMER_CELERY_QUEUE`` overrides it), over ``redis_url`` or ``PRIMER_REDIS_URL``."""
+    if kind == "celery":
+        from primer.executor import CeleryExecutor
 
-def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, unit: str,
-                   text_column: str, prompt_column: str, completion_column: str,
-                   finetune: bool, dtype: str) -> dict:
-    """Tokenize one Parquet shard of ``source`` into ``<out>/_work/<unit>.tok`` (+ ``.mask``).
+        return CeleryExecutor(redis_url, component="curation")
+    if kind != "local":
+        raise ValueError(f"executor {kind!r}: use 'local' or 'celery'")
+    return LocalExecutor(workers=workers)
 
-    Each document ends with EOS; with ``finetune`` a record is prompt + completion + EOS and
-    the mask marks completion + EOS.
-    """
-    from model.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    eos = tok.eos_token_id
-    src, dst = open_storage(source), open_storage(out)
-    ids: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    columns = [prompt_column, completion_column] if finetune else [text_column]
-    with src.open_read(shard) as f:
-        batches = list(pq.ParquetFile(f).iter_batches(batch_size=1024, columns=columns))
-    for batch in batches:
-        if finetune:
-            prompts = tok(batch.column(prompt_column).to_pylist(),
-                          add_special_tokens=False).input_ids
-            comps = tok(batch.column(completion_column).to_pylist(),
-                        add_special_tokens=False).input_ids
-            for p, c in zip(prompts, comps, strict=True):
-                ids.append(np.asarray([*p, *c, eos], dtype=dtype))
-                masks.append(np.r_[np.zeros(len(p), np.uint8), np.ones(len(c) + 1, np.uint8)])
-        else:
-            texts = [t for t in batch.column(text_column).to_pylist() if t]
-            for doc in tok(texts, add_special_tokens=False).input_ids:
-                ids.append(np.asarray([*doc, eos], dtype=dtype))
-    stream = np.concatenate(ids) if ids else np.zeros(0, dtype)
-    dst.write_bytes(f"{WORK}/{unit}.tok", stream.tobytes())
-    if finetune:
-        dst.write_bytes(f"{WORK}/{unit}.mask",
-                        (np.concatenate(masks) if masks else np.zeros(0, np.uint8)).tobytes())
-    return {"tokens": int(stream.size), "documents": len(ids)}
-
-
-# -- the packing job ---------------------------------------------------------------------------
 
 def prepare_tokenizer(spec: str, sources: list[Source], out: Storage, columns: list[str],
                       vocab: int):
@@ -131,12 +110,35 @@ def prepare_tokenizer(spec: str, sources: list[Source], out: Storage, columns: l
     return tok
 
 
+def mix_order(available: list[int], weights: list[float], seed: int) -> tuple[np.ndarray,
+                                                                               list[int]]:
+    """The packed order as global window numbers (source 0's windows first, then source 1's
+    …), and the windows used per source. Source *i* gets ``round(w_i/Σw × Σ available)``
+    windows (all of them once when alone), drawn from seeded permutations of its own, and
+    the mix is permuted with ``seed``."""
+    total, weight_sum = sum(available), sum(weights)
+    picks, used, offset = [], [], 0
+    for i, (n, w) in enumerate(zip(available, weights, strict=True)):
+        want = total if len(available) == 1 else max(1, round(w / weight_sum * total))
+        rng = np.random.default_rng([seed, i])
+        reps = -(-want // n)
+        picks.append(np.concatenate([rng.permutation(n) for _ in range(reps)])[:want] + offset)
+        used.append(int(want))
+        offset += n
+    mixed = np.concatenate(picks)
+    del picks
+    return mixed[np.random.default_rng(seed).permutation(mixed.size)], used
+
+
 def pack(sources: list[Source], out_uri: str, *, tokenizer: str, seq_len: int = 2048,
          seed: int = 1234, workers: int = 2, finetune: bool = False,
          text_column: str = "text", prompt_column: str = "prompt",
          completion_column: str = "completion", tokenizer_vocab: int = 4096,
-         windows_per_shard: int | None = None) -> dict:
-    """Pack ``sources`` into ``out_uri``; returns the manifest's metadata."""
+         windows_per_shard: int | None = None, executor: Executor | None = None,
+         progress: bool = False) -> dict:
+    """Pack ``sources`` into ``out_uri``; returns the manifest's metadata.
+
+    Units run on ``executor`` (default: a local pool of ``workers`` processes)."""
     from primer.datasets import open_dataset
 
     if not sources:
@@ -152,78 +154,74 @@ def pack(sources: list[Source], out_uri: str, *, tokenizer: str, seq_len: int = 
                                "--data.prompt_column/--data.completion_column for finetuning")
     tok = prepare_tokenizer(tokenizer, sources, out, columns, tokenizer_vocab)
     dtype = token_dtype(len(tok))
-    units = []
-    for i, (src, ds) in enumerate(zip(sources, inputs, strict=True)):
-        for j, shard in enumerate(ds.manifest.shards):
-            units.append(WorkUnit(f"s{i}-{j:05d}", "model.packing:tokenize_shard", {
-                "source": src.uri, "shard": shard.name, "tokenizer": out.url("tokenizer"),
-                "out": out.uri, "unit": f"s{i}-{j:05d}", "text_column": text_column,
-                "prompt_column": prompt_column, "completion_column": completion_column,
-                "finetune": finetune, "dtype": dtype.str}))
-    # the job's state (markers) is keyed by the inputs, so a rerun with other inputs redoes it
-    key = hashlib.sha256(repr((sources, tokenizer, finetune, text_column)).encode()).hexdigest()
-    job = Job("tokenize", units, state_uri=out.url(f"{WORK}/state-{key[:12]}"))
-    result = LocalExecutor(workers=min(workers, max(1, len(units)))).run(job, progress=False)
-    if not result.ok:
-        raise RuntimeError(f"tokenizing failed: {result.summary()}")
+    shard_names = [[s.name for s in ds.manifest.shards] for ds in inputs]
+    # the work (and its markers) is keyed by what decides its output: other inputs redo it
+    key = _key([s.uri for s in sources], shard_names, tokenizer, tokenizer_vocab, seq_len,
+               finetune, columns, dtype.str)
+    work = f"{WORK}/{key}"
+    units = [WorkUnit(f"tok-s{i}-{j:05d}", f"{UNITS}:tokenize_shard", {
+        "source": src.uri, "shard": shard, "tokenizer": out.url("tokenizer"), "out": out.uri,
+        "work": work, "unit": f"s{i}-{j:05d}", "seq_len": seq_len, "text_column": text_column,
+        "prompt_column": prompt_column, "completion_column": completion_column,
+        "finetune": finetune, "dtype": dtype.str})
+        for i, src in enumerate(sources) for j, shard in enumerate(shard_names[i])]
+    executor = executor or LocalExecutor(workers=min(workers, max(1, len(units))))
+    counts = _run(executor, Job("pack-tokenize", units, out.url(f"{work}/state/tokenize")),
+                  progress)
+    per_unit = [int(counts[u.id]["windows"]) for u in units]
 
-    per_source: list[tuple[np.ndarray, np.ndarray | None]] = []
-    for i, ds in enumerate(inputs):
-        names = [f"s{i}-{j:05d}" for j in range(len(ds.manifest.shards))]
-        toks = np.concatenate([np.frombuffer(out.read_bytes(f"{WORK}/{n}.tok"), dtype)
-                               for n in names] or [np.zeros(0, dtype)])
-        mask = np.concatenate([np.frombuffer(out.read_bytes(f"{WORK}/{n}.mask"), np.uint8)
-                               for n in names]) if finetune else None
-        n_win = toks.size // seq_len
-        if n_win == 0:
-            raise DatasetError(f"{sources[i].uri}: {toks.size} tokens, fewer than one window "
-                               f"of seq_len={seq_len}")
-        per_source.append((toks[:n_win * seq_len].reshape(n_win, seq_len),
-                           None if mask is None else mask[:n_win * seq_len].reshape(n_win,
-                                                                                    seq_len)))
-    total = sum(w.shape[0] for w, _ in per_source)
-    weight_sum = sum(s.weight for s in sources)
-    picked_tok, picked_mask, counts = [], [], []
-    for i, ((win, msk), src) in enumerate(zip(per_source, sources, strict=True)):
-        want = total if len(sources) == 1 else max(1, round(src.weight / weight_sum * total))
-        rng = np.random.default_rng([seed, i])
-        reps = -(-want // win.shape[0])
-        order = np.concatenate([rng.permutation(win.shape[0]) for _ in range(reps)])[:want]
-        picked_tok.append(win[order])
-        picked_mask.append(msk[order] if msk is not None else None)
-        counts.append(int(want))
-    windows = np.concatenate(picked_tok)
-    masks = np.concatenate(picked_mask) if finetune else None
-    perm = np.random.default_rng(seed).permutation(windows.shape[0])
-    windows = windows[perm]
-    masks = masks[perm] if masks is not None else None
-
+    available, k = [], 0
+    for src, names in zip(sources, shard_names, strict=True):
+        available.append(sum(per_unit[k:k + len(names)]))
+        k += len(names)
+        if available[-1] == 0:
+            raise DatasetError(f"{src.uri}: no input shard holds a whole window of seq_len="
+                               f"{seq_len} tokens")
     per_shard = windows_per_shard or max(1, TARGET_SHARD_BYTES // (seq_len * dtype.itemsize))
-    shards: list[ShardInfo] = []
-    for k, start in enumerate(range(0, windows.shape[0], per_shard)):
-        chunk = windows[start:start + per_shard]
-        shards.append(_write_bin(out, f"tokens-{k:05d}.bin", chunk))
-        if masks is not None:
-            shards.append(_write_bin(out, f"mask-{k:05d}.bin", masks[start:start + per_shard]))
+    order, used = mix_order(available, [s.weight for s in sources], seed)
+    plan = f"{work}/plan-{_key(seed, [s.weight for s in sources], per_shard)}"
+    order_dtype = np.dtype("<u4") if sum(available) < 1 << 32 else np.dtype("<u8")
+    out.write_bytes(f"{plan}/order.bin", order.astype(order_dtype).tobytes())
+    n_windows = int(order.size)
+    del order
+    out.write_text(f"{plan}/layout.json", json.dumps({
+        "work": work, "units": [u.args["unit"] for u in units], "windows": per_unit,
+        "seq_len": seq_len, "dtype": dtype.str, "order_dtype": order_dtype.str,
+        "finetune": finetune}))
+    writes = [WorkUnit(f"shard-{i:05d}", f"{UNITS}:write_shard", {
+        "out": out.uri, "plan": plan, "index": i, "start": start,
+        "count": min(per_shard, n_windows - start)})
+        for i, start in enumerate(range(0, n_windows, per_shard))]
+    written = _run(executor, Job("pack-write", writes, out.url(f"{plan}/state")), progress)
+    shards = [ShardInfo(**info) for w in writes for info in written[w.id].values()]
     metadata = {
         "format": FORMAT, "seq_len": seq_len, "dtype": dtype.str, "vocab_size": len(tok),
-        "eos_id": tok.eos_token_id, "windows": int(windows.shape[0]), "seed": seed,
+        "eos_id": tok.eos_token_id, "windows": n_windows, "seed": seed,
         "windows_per_shard": per_shard, "finetune": finetune, "tokenizer": "tokenizer",
-        "sources": [{"uri": s.uri, "weight": s.weight, "windows_available": int(w.shape[0]),
-                     "windows_used": c} for s, (w, _), c in
-                    zip(sources, per_source, counts, strict=True)],
+        "sources": [{"uri": s.uri, "weight": s.weight, "windows_available": a,
+                     "windows_used": u} for s, a, u in zip(sources, available, used,
+                                                            strict=True)],
+        "dropped_tokens": sum(int(counts[u.id]["dropped_tokens"]) for u in units),
     }
-    commit_dataset(out, shards, Producer("pack"), tokens=int(windows.size), metadata=metadata,
-                   columns={"tokens": dtype.str})
+    commit_dataset(out, shards, Producer("pack"), tokens=n_windows * seq_len,
+                   metadata=metadata, columns={"tokens": dtype.str})
     out.delete_prefix(f"{WORK}/")
-    log.info("packed %d windows of %d tokens into %s", windows.shape[0], seq_len, out.uri)
+    log.info("packed %d windows of %d tokens into %s", n_windows, seq_len, out.uri)
     return metadata
 
 
-def _write_bin(store: Storage, name: str, array: np.ndarray) -> ShardInfo:
-    data = np.ascontiguousarray(array).tobytes()
-    store.write_bytes(name, data)
-    return ShardInfo(name, int(array.shape[0]), len(data), hashlib.sha256(data).hexdigest())
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _run(executor: Executor, job: Job, progress: bool) -> dict:
+    result = executor.run(job, progress=progress)
+    if not result.ok:
+        first = result.failed[0]
+        raise RuntimeError(f"packing failed: {result.summary()}; {first.unit_id}: "
+                           f"{first.error} (rerun the same command to retry; finished units "
+                           "are kept)")
+    return result.results
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     store = open_storage(cfg.data.path)
     if not store.exists("_manifest.json"):
         raise TrainConfigError(f"--data {store.uri}: no dataset there (no _manifest.json)")
+    if world_size > 1 and not is_packed(cfg.data.path) and not _packed_before(cfg):
+        raise TrainConfigError(text_data_with_ranks(cfg, world_size))
     if t.stop_at is not None and t.stop_at > t.steps:
         raise TrainConfigError(
             f"train.stop_at={t.stop_at} is past the end of the schedule (train.steps="
@@ -97,21 +99,45 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise TrainConfigError("finetuning needs train.init_from=CHECKPOINT_URI (or --init)")
 
 
-def prepare_data(cfg: TrainConfig, rank: int) -> str:
+def text_data_with_ranks(cfg: TrainConfig, world_size: int) -> str:
+    """Why several processes do not pack, and the ``primer pack`` command to run instead."""
+    d = cfg.data
+    target = open_storage(cfg.output).child("data").uri
+    flags = [f"--output {target}", f"--tokenizer {d.tokenizer}", f"--seq-len {d.seq_len}",
+             f"--seed {d.seed}"]
+    if d.tokenizer == "train":
+        flags.append(f"--vocab {d.tokenizer_vocab}")
+    if cfg.train.mode == "finetune":
+        flags += ["--finetune", f"--prompt-column {d.prompt_column}",
+                  f"--completion-column {d.completion_column}"]
+    elif d.text_column != "text":
+        flags.append(f"--text-column {d.text_column}")
+    return (f"--data {d.path} is a text dataset, and {world_size} processes do not pack it "
+            f"(that is work units, not a job for one rank while the others wait): run "
+            f"`primer pack {d.path} {' '.join(flags)}` first (--executor celery fans it out), "
+            f"then train with --data {target}")
+
+
+def _packed_before(cfg: TrainConfig) -> bool:
+    """Whether ``<output>/data`` already holds the pack of a text ``data.path`` (a run that
+    one process started, resumed on several)."""
+    target = open_storage(cfg.output).child("data")
+    return target.exists("_manifest.json") and is_packed(target.uri)
+
+
+def prepare_data(cfg: TrainConfig) -> str:
     """The packed dataset to train on: ``data.path`` itself, or ``<output>/data`` packed from
-    the text dataset at ``data.path`` (by rank 0; the others wait)."""
+    the text dataset at ``data.path`` (one process only: :func:`validate` stops several)."""
     if is_packed(cfg.data.path):
         return cfg.data.path
     target = open_storage(cfg.output).child("data")
-    if rank == 0 and not (target.exists("_manifest.json") and is_packed(target.uri)):
+    if not _packed_before(cfg):
         d = cfg.data
         log.info("packing text dataset %s into %s", d.path, target.uri)
         pack([Source(d.path)], target.uri, tokenizer=d.tokenizer, seq_len=d.seq_len,
              seed=d.seed, workers=d.workers, finetune=cfg.train.mode == "finetune",
              text_column=d.text_column, prompt_column=d.prompt_column,
              completion_column=d.completion_column, tokenizer_vocab=d.tokenizer_vocab)
-    if dist.is_initialized():
-        dist.barrier()
     return target.uri
 
 
@@ -223,7 +249,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-        self.data_uri = prepare_data(cfg, self.rank)
+        self.data_uri = prepare_data(cfg)
         self.data = PackedDataset(self.data_uri, seed=cfg.data.seed)
         vocab = self.data.meta["vocab_size"]
         if cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from model.checkpoint import CheckpointManager, load_model_state
 from primer.cli import build_app
+from primer.datasets import read_manifest
 
 from .conftest import PYTHON, REPO, TORCHRUN, child_env, losses, train_args
 
@@ -201,3 +202,36 @@ def test_fsdp2_two_ranks_train_checkpoint_and_resume(packed, tmp_path):
     got = losses(out)
     assert list(got) == list(range(1, 17))  # steps 13-16 appended after the resume
     assert sum(list(got.values())[-4:]) / 4 < sum(list(got.values())[:4]) / 4
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_text_dataset_fails_at_once_and_names_the_pack_command(
+        text_dataset, packed, tmp_path):
+    out = tmp_path / "ranks"
+    tokenizer = f"{packed}/tokenizer"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+         "model.train", *train_args(text_dataset, out, 2, f"--data.tokenizer={tokenizer}",
+                                    "--data.seq_len=64")],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert elapsed < 60, elapsed  # not a barrier's timeout (minutes) behind a packing rank
+    assert f"--data {text_dataset} is a text dataset, and 2 processes do not pack it" in said
+    assert not (out / "data").exists()  # nobody packed
+    # the command it names packs what the run needs
+    command = said.split("run `primer pack ", 1)[1].split("`", 1)[0].split()
+    result = _cli("pack", *command)
+    assert result.exit_code == 0, result.output
+    meta = read_manifest(str(out / "data")).metadata
+    assert meta["seq_len"] == 64 and meta["format"] == "primer-tokens/1"
+    # and with it packed, the same torchrun line trains on it
+    proc = subprocess.run(
+        [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+         "model.train", *train_args(text_dataset, out, 2, f"--data.tokenizer={tokenizer}",
+                                    "--data.seq_len=64")],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(losses(out)) == [1, 2]
