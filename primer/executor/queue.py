@@ -55,7 +55,13 @@ def enqueue(job: Job, queue: str, redis_url: str, prefix: str) -> int:
         if not client.set(sent, len(job.units), nx=True, ex=SENT_TTL_S):
             return 0
         for unit in job.units:
+            # ignore_result: nothing waits on these results (the markers are the truth), so
+            # no result is stored and the sender subscribes to none. A subscription would
+            # be undone by the AsyncResult's __del__ on the result backend's pub/sub
+            # connection, from whichever thread the garbage collector runs in; a reconciler
+            # thread was seen spinning there for ten minutes.
             app.send_task(TASK_NAME, task_id=prefix + unit.id, queue=queue, retry_policy=policy,
+                          ignore_result=True,
                           kwargs={"unit": unit.to_dict(), "state_uri": job.state_uri,
                                   "job": job.name})
     except (OperationalError, redis.RedisError, OSError) as e:

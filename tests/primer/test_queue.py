@@ -53,3 +53,31 @@ def test_a_send_that_fails_midway_is_released_for_the_next_tick(redis_url, monke
             enqueue(job(), name, redis_url, prefix)
     assert enqueue(job(), name, redis_url, prefix) == 3  # the next tick sends it
     assert redis.Redis.from_url(redis_url).llen(name) == 3
+
+
+def test_a_sent_unit_subscribes_to_no_result_and_asks_for_none_to_be_stored(redis_url,
+                                                                            monkeypatch):
+    """The doors read markers, never Celery results: a result subscription would only be
+    undone later by the AsyncResult's __del__ on the backend's pub/sub connection, from
+    whatever thread the garbage collector happens to run in."""
+    import json
+
+    from primer.executor import queue as queue_module
+
+    subscribed: list[str] = []
+    real_make_app = queue_module.make_app
+
+    def watched(config):
+        app = real_make_app(config)
+        backend = app.backend
+        on_task_call = backend.on_task_call
+        backend.on_task_call = lambda producer, task_id: (subscribed.append(task_id),
+                                                          on_task_call(producer, task_id))
+        return app
+
+    monkeypatch.setattr(queue_module, "make_app", watched)
+    name = f"q-{uuid.uuid4().hex[:6]}"
+    assert enqueue(job(), name, redis_url, task_prefix("gateway", "r1")) == 3
+    assert subscribed == []
+    messages = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange(name, 0, -1)]
+    assert [m["headers"]["ignore_result"] for m in messages] == [True, True, True]
