@@ -46,6 +46,10 @@ class CeleryExecutor(Executor):
                                    queue=queue or env.queue,
                                    visibility_timeout=env.visibility_timeout)
         self.app = make_app(self.config)
+        # Results are polled with get_many, never awaited one by one: a send subscribes to
+        # nothing on the result backend's pub/sub connection (an AsyncResult dropped later
+        # would unsubscribe there from whatever thread the garbage collector runs in).
+        self.app.backend.on_task_call = lambda producer, task_id: None
         self.timeout = timeout
         self.poll_interval = poll_interval
 

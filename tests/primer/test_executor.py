@@ -217,8 +217,11 @@ def test_celery_runs_units_on_workers_and_a_rerun_sends_nothing(celery_queue, re
                                                                  tmp_path):
     uri = str(tmp_path / "s")
     job = Job("squares", square_units(uri, 4), state_uri=uri)
-    first = CeleryExecutor(redis_url, queue=celery_queue, timeout=60).run(job)
+    executor = CeleryExecutor(redis_url, queue=celery_queue, timeout=60)
+    first = executor.run(job)
     assert first.ok, first.failed
+    # polled with get_many: nothing was subscribed on the result backend's pub/sub
+    assert executor.app.backend.result_consumer._pubsub is None
     assert sorted(first.done) == [f"sq-{i}" for i in range(4)]
     assert first.results == {f"sq-{i}": i * i for i in range(4)}
     store = open_storage(uri)
