@@ -103,15 +103,17 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
         message=status.get("message") if not tick.sent else
         f"{tick.stage}: {tick.sent} units sent to queue {queue_name}")
     if tick.sent:
-        logger.info(f"{tick.job}: sent {tick.sent} units to {queue_name}")
-        _event(body, "StepSent", f"{tick.job}: sent {tick.sent} units to {queue_name}")
+        sent = f"{tick.job}: sent {tick.sent} units to {queue_name}"
+        logger.info(sent)
+        _event(body, "StepSent", sent)
     if (conditions := _waiting(status, queue_name, config.redis_url, tick.phase)) is not None:
         patch.status["conditions"] = conditions
     if tick.phase != "Running":
         memo.pop("markers", None)  # the run has ended: its markers need not stay in memory
     if tick.phase == "Succeeded":
-        finish(patch, "Succeeded", f"done: {_summary(tick.result or {})}")
-        _event(body, "Succeeded", f"done: {_summary(tick.result or {})}")
+        done = f"done: {_summary(tick.result or {})}"
+        finish(patch, "Succeeded", done)
+        _event(body, "Succeeded", done)
         patch.status.update(progress="done", outputs={
             k: v for k, v in (tick.result or {}).items() if isinstance(v, str | int | float)})
     elif tick.phase == "Failed":

@@ -56,8 +56,13 @@ class Consumers:
         return runs
 
 
+def idle(queue: str) -> str:
+    """What to say of a queue no worker consumes, and how to start one (``/readyz``)."""
+    return (f"no worker consumes queue {queue!r}: start one with `{worker_command(queue)}` "
+            f"(in the cluster: scale up the chart's workers of that queue)")
+
+
 def no_consumer(queue: str) -> dict[str, str]:
+    """The ``Waiting`` condition of a run whose queue no worker consumes."""
     return {"type": "Waiting", "reason": NO_CONSUMER,
-            "message": f"no worker consumes queue {queue!r}, so no unit of this run can start: "
-                       f"start one with `{worker_command(queue)}` (in the cluster: scale up "
-                       f"the chart's workers of that queue)"}
+            "message": f"{idle(queue)}; until then no unit of this run can start"}

@@ -34,9 +34,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
-from primer.executor.consumers import Consumers
+from primer.executor.consumers import Consumers, idle
 from primer.executor.queue import QueueUnavailable
-from primer.runs import Phase, SpecError, worker_command
+from primer.runs import Phase, SpecError
 from primer.storage import StorageError
 from services.gateway import policy
 from services.gateway.auth import bearer_scheme
@@ -202,8 +202,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
             counts, notes = None, [f"cannot ask the workers: {type(exc).__name__}: {exc}"]
         queues = {q: {"consumers": None if counts is None else counts[q], "waiting": n}
                   for q, n in waiting.items()}
-        notes += [f"no worker consumes queue {q!r}: start one with `{worker_command(q)}`"
-                  for q, v in queues.items() if v["consumers"] == 0]
+        notes += [idle(q) for q, v in queues.items() if v["consumers"] == 0]
         return JSONResponse({"status": "ready", "queues": queues, "notes": notes})
 
     app.state.store, app.state.runs = store, runs
