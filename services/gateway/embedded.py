@@ -88,7 +88,7 @@ class EmbeddedRuns:
             if ended is None:
                 return None
             raise RunEnded(run_id, ended["phase"], ended.get("finished_at"))
-        removed = cancel(record["queue"], self.config.redis_url, task_prefix("gateway", run_id))
+        removed = unqueue(record, self.config)
         self.store.log(run_id, f"cancelled: {removed} waiting units removed from queue "
                                f"{record['queue']}; units already running finish")
         return self.store.get(run_id)
@@ -162,7 +162,7 @@ class Reconciler:
         changes = self.tick(record)
         sent = changes.pop("sent", 0)
         if not self.store.update(run_id, **changes):
-            cancel(record["queue"], self.config.redis_url, task_prefix("gateway", run_id))
+            unqueue(record, self.config)
             self._markers.pop(run_id, None)
             return
         if changes.get("phase") in TERMINAL:
@@ -209,8 +209,13 @@ class Reconciler:
             changes["progress"].update(units_done=done, units_total=done)
         elif tick.phase == "Failed":
             changes.update(finished_at=now(), error=tick.error, traceback=tick.traceback)
-            cancel(queue, self.config.redis_url, task_prefix("gateway", run_id))
+            unqueue(record, self.config)
         return changes
+
+
+def unqueue(record: dict[str, Any], config: GatewayConfig) -> int:
+    """Remove the run's units still waiting in its queue; how many there were."""
+    return cancel(record["queue"], config.redis_url, task_prefix("gateway", record["id"]))
 
 
 def _events(record: dict[str, Any], changes: dict[str, Any], sent: int) -> list[str]:
