@@ -105,6 +105,8 @@ class TrainingJobSpec:
             problems.append(f"steps {self.steps}: at least 1")
         if self.backoff_limit < 0:
             problems.append(f"backoff_limit {self.backoff_limit}: 0 or more")
+        if _cpu_cores(self.cpu) is None:
+            problems.append(f"cpu {self.cpu!r}: a Kubernetes CPU quantity (e.g. 8, 7.5, 7500m)")
         if self.clean_pod_policy not in CLEAN_POD_POLICIES:
             problems.append(f"clean_pod_policy {self.clean_pod_policy!r}: one of "
                             f"{', '.join(CLEAN_POD_POLICIES)}")
@@ -114,6 +116,23 @@ class TrainingJobSpec:
     @property
     def procs_per_node(self) -> int:
         return max(self.gpus_per_node, 1)
+
+    @property
+    def threads_per_proc(self) -> int:
+        """Intra-op threads per process: the pod's whole CPUs shared by its processes. Torch
+        would otherwise start one thread per core of the node, not of the CPU limit, and the
+        throttled threads of a CPU pod wait on each other."""
+        return max(1, int((_cpu_cores(self.cpu) or 1) // self.procs_per_node))
+
+
+def _cpu_cores(quantity: str) -> float | None:
+    """Cores in a Kubernetes CPU quantity (``8``, ``7.5``, ``7500m``); None if it is not one."""
+    text = str(quantity).strip()
+    try:
+        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
+    return cores if cores > 0 else None
 
 
 def build_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
@@ -181,7 +200,8 @@ def _replica(spec: TrainingJobSpec, replicas: int, labels: Mapping[str, str]) ->
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": _command(spec),
-        "env": pod_env(spec.s3_endpoint, spec.s3_secret),
+        "env": [*pod_env(spec.s3_endpoint, spec.s3_secret),
+                {"name": "OMP_NUM_THREADS", "value": str(spec.threads_per_proc)}],
         "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},

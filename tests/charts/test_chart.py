@@ -403,6 +403,18 @@ def test_chart_pytorchjob_equals_the_python_builder(rendered):
     assert chart_job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
 
 
+@pytest.mark.parametrize("cpu, gpus", [("7500m", 0), ("16", 4)])
+def test_chart_gives_training_processes_the_builders_thread_count(tmp_path, cpu, gpus):
+    values = {"trainingJob": {**ALL_ON["trainingJob"], "cpu": cpu, "gpusPerNode": gpus}}
+    docs = list(yaml.safe_load_all(run_helm("template", "rel", str(CHART), values=values,
+                                            tmp=tmp_path).stdout))
+    (job,) = (d for d in docs if d and d["kind"] == "PyTorchJob")
+    (c,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    threads = TrainingJobSpec(name="x", image="i:1", data="s3://d", output="s3://o", cpu=cpu,
+                              gpus_per_node=gpus).threads_per_proc
+    assert {"name": "OMP_NUM_THREADS", "value": str(threads)} in c["env"]
+
+
 @pytest.mark.slow
 def test_checkov_passes_with_the_short_skip_list(rendered, tmp_path):
     config = yaml.safe_load((REPO / ".checkov.yaml").read_text())

@@ -67,8 +67,19 @@ def test_cpu_job_asks_for_no_gpus():
     assert job["spec"]["nprocPerNode"] == "1"
 
 
+@pytest.mark.parametrize("cpu, gpus, threads", [
+    ("8", 8, 1), ("16", 4, 4), ("7500m", 0, 7), ("0.5", 0, 1)])
+def test_each_process_gets_the_pods_whole_cpus_as_threads(cpu, gpus, threads):
+    """Torch would start a thread per core of the node, not of the pod's CPU limit."""
+    job = build_pytorchjob(TrainingJobSpec(**BASE, cpu=cpu, gpus_per_node=gpus))
+    (c,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert {"name": "OMP_NUM_THREADS", "value": str(threads)} in c["env"]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"name": "Bad_Name"}, "name"),
+    ({"cpu": "lots"}, "CPU quantity"),
+    ({"cpu": "0"}, "CPU quantity"),
     ({"image": "ghcr.io/primer-ml/primer-train:latest"}, "pin a tag"),
     ({"image": "ghcr.io/primer-ml/primer-train"}, "pin a tag"),
     ({"data": "/local/path"}, "s3://"),

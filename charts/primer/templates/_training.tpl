@@ -1,6 +1,10 @@
 {{/* One replica of the training PyTorchJob; see training-pytorchjob.yaml. */}}
 {{- define "primer.trainingReplica" }}
 {{- $j := .j }}
+{{- /* intra-op threads per process: the pod's whole CPUs over its processes (as the builder) */}}
+{{- $cpu := toString $j.cpu }}
+{{- $cores := hasSuffix "m" $cpu | ternary (divf (trimSuffix "m" $cpu | float64) 1000) (float64 $cpu) }}
+{{- $threads := maxf 1 (floor (divf $cores (float64 .procs))) | int }}
 replicas: {{ .replicas }}
 restartPolicy: OnFailure
 template:
@@ -34,6 +38,7 @@ template:
             valueFrom: {secretKeyRef: {name: {{ .secret }}, key: AWS_ACCESS_KEY_ID}}
           - name: AWS_SECRET_ACCESS_KEY
             valueFrom: {secretKeyRef: {name: {{ .secret }}, key: AWS_SECRET_ACCESS_KEY}}
+          - {name: OMP_NUM_THREADS, value: "{{ $threads }}"}
         resources:
           requests:
             cpu: {{ $j.cpu | quote }}
