@@ -13,12 +13,16 @@ and no later unit is planned. It needs Parquet files, whose footers give the cou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from services.curation.config import ReaderConfig
 from services.curation.readers import InputError, check_columns, from_row, parquet_rows
 from services.curation.steps import Record
+
+FOOTER_THREADS = 16  # footers read at once when planning a whole split
 
 
 def plan(name: str, cfg: ReaderConfig) -> list[dict[str, Any]]:
@@ -28,15 +32,13 @@ def plan(name: str, cfg: ReaderConfig) -> list[dict[str, Any]]:
         raise InputError(f"hf:{name}: --reader.hf_limit needs Parquet files (their footers give "
                          f"the record counts up front); this split's files are {fmt}: drop "
                          "--reader.hf_limit to read them whole")
+    if fmt != "parquet":
+        return [{"kind": "hf", "name": name, "file": path, "format": fmt} for path in files]
     units: list[dict[str, Any]] = []
     left = cfg.hf_limit
-    for path in files:
-        if fmt != "parquet":
-            units.append({"kind": "hf", "name": name, "file": path, "format": fmt})
-            continue
+    for path, sizes in zip(files, _footers(name, files, cfg), strict=True):
         first = 0
-        for groups, rows in _runs(_row_group_sizes(name, path, cfg.text_column),
-                                  cfg.hf_records_per_unit):
+        for groups, rows in _runs(sizes, cfg.hf_records_per_unit):
             unit = {"kind": "hf", "name": name, "file": path, "row_groups": groups,
                     "first_row": first}
             first += rows
@@ -68,6 +70,16 @@ def data_files(name: str, cfg: ReaderConfig) -> tuple[list[str], str]:
     if builder.name == "parquet" and not all(f.endswith(".parquet") for f in files):
         raise InputError(f"{where}: Parquet split with other files: {files}")
     return files, builder.name
+
+
+def _footers(name: str, files: list[str], cfg: ReaderConfig) -> Iterator[list[int]]:
+    """Each file's row-group sizes, in order: all at once (a whole split, a footer per file
+    over the network) or one by one (up to ``hf_limit``, usually few files)."""
+    read = functools.partial(_row_group_sizes, name, text_column=cfg.text_column)
+    if cfg.hf_limit is not None:
+        return map(read, files)
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        return iter(list(pool.map(read, files)))
 
 
 def _row_group_sizes(name: str, path: str, text_column: str) -> list[int]:
