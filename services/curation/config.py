@@ -28,9 +28,13 @@ class ReaderConfig(ConfigModel):
     hf_data_dir: str | None = Field(None, description="data_dir of a Hugging Face dataset, "
                                     "e.g. data/python for bigcode/the-stack-dedup.")
     hf_limit: int | None = Field(None, ge=1, description="Read at most this many records of "
-                                 "a streamed Hugging Face dataset; none reads it all.")
-    hf_records_per_unit: int = Field(10_000, ge=1, description="Records of a streamed "
-                                     "Hugging Face dataset per output shard.")
+                                 "a Hugging Face dataset, the first in file order (the unit "
+                                 "the limit falls in stops early); needs Parquet files. None "
+                                 "reads the whole split.")
+    hf_records_per_unit: int = Field(10_000, ge=1, description="Records of a Hugging Face "
+                                     "dataset per work unit: a run of whole row groups of one "
+                                     "Parquet file (a larger row group is a unit alone; a "
+                                     "file of another format is one unit).")
     limit: int | None = Field(None, ge=1, description="Use only the first N local files "
                               "(sorted by path); for quick runs.")
 
@@ -122,8 +126,9 @@ class CurationConfig(CoreConfig):
     """``primer curate``: raw code → filtered, deduplicated, educational corpus."""
 
     input: str = Field("", description="Input: a directory (recursive *.py), a Primer dataset / "
-                       "Parquet / JSONL URI, or hf:NAME (streamed). Empty: this interpreter's "
-                       "standard library and site-packages.")
+                       "Parquet / JSONL URI, or hf:NAME (a Hugging Face dataset, on the hub or "
+                       "in a local folder). Empty: this interpreter's standard library and "
+                       "site-packages.")
     output: str = Field("", description="Output dataset URI (default "
                         "<storage.root>/runs/curate/curated).")
     executor: Literal["local", "celery"] = Field("local", description="local process pool or "

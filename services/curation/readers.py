@@ -7,12 +7,13 @@ Inputs:
 - a dataset at any storage URI: a Primer dataset (``_manifest.json``), or a prefix / file of
   ``*.parquet``, ``*.jsonl`` or ``*.jsonl.gz``; one partition per file, code in
   ``reader.text_column``;
-- ``hf:NAME``: a Hugging Face dataset read in streaming mode (nothing is downloaded up front),
-  e.g. ``hf:bigcode/the-stack-dedup`` with ``--reader.hf_data_dir=data/python
+- ``hf:NAME``: a Hugging Face dataset on the hub or in a local folder, e.g.
+  ``hf:bigcode/the-stack-dedup`` with ``--reader.hf_data_dir=data/python
   --reader.text_column=content``. The Stack is gated: accept its terms on the Hub and set
   ``HF_TOKEN``; each record carries its licence (``max_stars_repo_licenses``), all
-  permissive. Its Python subset holds ~40M files (~60B tokens before the paper's filter);
-  one partition per ``reader.hf_records_per_unit`` records, read by skipping in one stream;
+  permissive. Its Python subset holds ~40M files (~60B tokens before the paper's filter).
+  Cut by the dataset's own files and Parquet row groups, each record read by one unit and
+  nothing downloaded up front (see :mod:`services.curation.hub`);
 - empty: the default, this interpreter's standard library and site-packages.
 
 A record that cannot become text is still yielded, with ``_reject`` set to its reason
@@ -78,15 +79,11 @@ def list_py_files(roots: list[str]) -> list[str]:
 def plan(input_uri: str, cfg: ReaderConfig) -> list[dict[str, Any]]:
     """Partitions of the input: JSON-serialisable dicts, each the args of one read unit."""
     if input_uri.startswith("hf:"):
-        name = input_uri[3:]
-        if not name:
+        if not input_uri[3:]:
             raise InputError("hf: needs a dataset name, e.g. hf:bigcode/the-stack-dedup")
-        if cfg.hf_limit is None:
-            raise InputError(f"{input_uri}: a streamed dataset needs --reader.hf_limit (the "
-                             "number of records to read) so it can be cut into work units")
-        n = cfg.hf_records_per_unit
-        return [{"kind": "hf", "name": name, "start": s, "stop": min(s + n, cfg.hf_limit)}
-                for s in range(0, cfg.hf_limit, n)]
+        from services.curation import hub  # imports datasets: only for hf: inputs
+
+        return hub.plan(input_uri[3:], cfg)
     if not input_uri or ("://" not in input_uri and os.path.isdir(input_uri)
                          and not os.path.exists(os.path.join(input_uri, MANIFEST))
                          and not _data_files_local(input_uri)):
@@ -132,7 +129,9 @@ def read_partition(part: dict[str, Any], cfg: ReaderConfig) -> Iterator[Record]:
     if kind == "data":
         return read_data_file(part["uri"], cfg.text_column)
     if kind == "hf":
-        return read_hf(part["name"], cfg, part["start"], part["stop"])
+        from services.curation import hub
+
+        return hub.read(part, cfg)
     raise InputError(f"unknown partition kind {kind!r}")
 
 
@@ -172,15 +171,8 @@ def read_data_file(uri: str, text_column: str) -> Iterator[Record]:
     store, key = _split(uri)
     if key.endswith(".parquet"):
         with store.open_read(key) as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            if text_column not in names:
-                raise InputError(f"{uri}: no column {text_column!r} (columns: {names}); set "
-                                 "--reader.text_column")
-            cols = [c for c in (text_column, "source", "lang") if c in names]
-            for batch in pf.iter_batches(batch_size=1024, columns=cols):
-                for i, row in enumerate(batch.to_pylist()):
-                    yield _from_row(row, text_column, f"{uri}#{i}")
+            for i, row in enumerate(parquet_rows(pq.ParquetFile(f), uri, text_column)):
+                yield from_row(row, text_column, f"{uri}#{i}")
         return
     with store.open_read(key) as f:
         stream = gzip.open(f) if key.endswith(".gz") else f  # noqa: SIM115 (closed with f)
@@ -195,10 +187,34 @@ def read_data_file(uri: str, text_column: str) -> Iterator[Record]:
             if not isinstance(row, dict) or text_column not in row:
                 raise InputError(f"{uri}:{n}: expected a JSON object with {text_column!r}; set "
                                  "--reader.text_column")
-            yield _from_row(row, text_column, f"{uri}:{n}")
+            yield from_row(row, text_column, f"{uri}:{n}")
 
 
-def _from_row(row: dict[str, Any], text_column: str, where: str) -> Record:
+def check_columns(names: list[str], text_column: str, where: str) -> None:
+    if text_column not in names:
+        raise InputError(f"{where}: no column {text_column!r} (columns: {names}); set "
+                         "--reader.text_column")
+
+
+def parquet_rows(pf: pq.ParquetFile, where: str, text_column: str,
+                 row_groups: list[int] | None = None, stop: int | None = None,
+                 ) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet file (or of some of its row groups), in batches: the code column and
+    ``source`` / ``lang`` where present; at most ``stop`` rows."""
+    names = pf.schema_arrow.names
+    check_columns(names, text_column, where)
+    cols = [c for c in (text_column, "source", "lang") if c in names]
+    left = stop
+    for batch in pf.iter_batches(batch_size=1024, row_groups=row_groups, columns=cols):
+        rows = batch.to_pylist()
+        if left is not None:
+            rows, left = rows[:left], left - min(left, len(rows))
+        yield from rows
+        if left == 0:
+            return
+
+
+def from_row(row: dict[str, Any], text_column: str, where: str) -> Record:
     text = row.get(text_column)
     if isinstance(text, bytes):
         return decode(text, row.get("source") or where)
@@ -207,13 +223,3 @@ def _from_row(row: dict[str, Any], text_column: str, where: str) -> Record:
     if "\0" in text:
         return rejected(row.get("source") or where, "binary")
     return make_record(text, row.get("source") or where, row.get("lang") or "python")
-
-
-def read_hf(name: str, cfg: ReaderConfig, start: int, stop: int) -> Iterator[Record]:
-    """Records ``[start, stop)`` of a streamed Hugging Face dataset (or local data folder)."""
-    import datasets
-
-    ds = datasets.load_dataset(name, data_dir=cfg.hf_data_dir, split=cfg.hf_split,
-                               streaming=True)
-    for i, row in enumerate(ds.skip(start).take(stop - start), start):
-        yield _from_row(row, cfg.text_column, f"hf:{name}#{i}")
