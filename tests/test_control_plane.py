@@ -10,6 +10,7 @@ processes, the OpenAI-compatible test teacher.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -27,22 +28,27 @@ from tests.operators.conftest import Cluster, run_operator, wait_for
 from tests.operators.test_operator import GV, run
 from tests.primer.test_executor import celery_workers
 from tests.services.curation import corpus
-from tests.services.gateway.conftest import serve
+from tests.services.gateway.conftest import own_db, serve
 from tests.services.gateway.test_api import http
 from tests.services.generation.teacher_responder import responder
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 # Small units, so each run has several to spread over the workers.
 CURATION = {"reader.files_per_unit": 20, "reader.max_bytes": corpus.MAX_BYTES,
             "filters.max_chars": 60000, "annotate.sample_size": 200,
             "classify.n_estimators": 50, "classify.max_tokens": 128}
 COUNT, BATCH = 12, 3
+# A door's run ends well within the test's own timeout, so a stuck run fails with its record.
+DOOR_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def plane(redis_url, s3_server, tmp_path_factory):
-    """Three workers on one queue, a teacher, a bucket, kmock and the operator."""
+    """Three workers on one queue, a teacher, a bucket, kmock and the operator, all on a Redis
+    database of their own: what other tests left in Redis (gateway runs, sent steps) is not
+    theirs to see."""
+    redis_url = own_db(redis_url, 15)
     queue = f"plane-{uuid.uuid4().hex[:6]}"
     bucket = "plane"
     s3_server.client().make_bucket(bucket)
@@ -71,11 +77,15 @@ def cli(plane: dict, monkeypatch, argv: list[str]) -> None:
 
 def operator(plane: dict, plural: str, kind: str, name: str, spec: dict) -> dict:
     cluster = plane["cluster"]
-    cluster.create(GV, plural, run(kind, name, spec))
+    resource = run(kind, name, spec)
+    # A fresh uid, as the API server gives: the operator's units are sent once per
+    # (namespace, name, uid), and an earlier test's run of this name may have had the fixed one.
+    resource["metadata"]["uid"] = str(uuid.uuid4())
+    cluster.create(GV, plural, resource)
     status = wait_for(lambda: ((cluster.get(GV, plural, name) or {}).get("status") or {})
                       if ((cluster.get(GV, plural, name) or {}).get("status") or {})
                       .get("phase") in ("Succeeded", "Failed") else None,
-                      f"{kind} {name} finished", timeout=600)
+                      f"{kind} {name} finished", timeout=DOOR_TIMEOUT_S)
     assert status["phase"] == "Succeeded", status
     return status
 
@@ -91,10 +101,14 @@ def gateway(plane: dict, monkeypatch, body: dict) -> str:
     with serve(create_app(config)) as url:
         status, posted, _ = http("POST", f"{url}/v1/runs", body)
         assert status == 201, posted
-        found = wait_for(lambda: (lambda r: r if r["phase"] in ("Succeeded", "Failed")
-                                  else None)(http("GET", f"{url}/v1/runs/{posted['id']}")[1]),
-                         f"gateway run {posted['id']} finished", timeout=600)
-    assert found["phase"] == "Succeeded", found
+        run = f"{url}/v1/runs/{posted['id']}"
+        deadline = time.monotonic() + DOOR_TIMEOUT_S
+        found = http("GET", run)[1]
+        while found["phase"] not in ("Succeeded", "Failed") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            found = http("GET", run)[1]
+        # Where a run stands and what its driver did say why it did not finish.
+        assert found["phase"] == "Succeeded", (found, http("GET", f"{run}/logs")[1])
     return found["output"]
 
 
