@@ -40,6 +40,11 @@ class Consumers:
                 self._asked_at = time.monotonic()
             return Counter(self._counts)
 
+    def close(self) -> None:
+        """Release the broker connections (an app that stops; the next ask reconnects)."""
+        with self._lock:
+            self._app.close()
+
     def annotate(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``runs`` with a ``NoConsumer`` condition on each one not yet ended whose queue no
         worker consumes; unchanged when the workers cannot be asked (no guess either way)."""

@@ -77,6 +77,8 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         yield
         if embedded is not None:
             embedded.reconciler.stop()
+        consumers.close()  # the broker and Redis connections go with the app
+        store.close()
 
     app = FastAPI(title="Primer gateway", version="1", lifespan=lifespan,
                   description="Submit and watch curation, generation and evaluation runs.")

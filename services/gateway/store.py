@@ -75,6 +75,9 @@ class RunStore:
     def from_url(cls, url: str, ttl_s: int = WEEK_S) -> RunStore:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2), ttl_s)
 
+    def close(self) -> None:
+        self.client.close()
+
     @staticmethod
     def key(run_id: str) -> str:
         return f"{PREFIX}:run:{run_id}"
