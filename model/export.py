@@ -6,19 +6,26 @@ The result loads with ``transformers.AutoModelForCausalLM.from_pretrained(out_di
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_model_state, load_object, open_committed
+from model.checkpoint import MARKER, load_model_state, load_object, open_committed
 from model.config import TrainConfig
 from model.presets import build_model
 from model.tokenizer import load_tokenizer
+from primer.storage import Storage, open_storage
 
 
 def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write the committed checkpoint at ``checkpoint_uri`` (a step folder, or a run URI for
-    its newest) to ``out_dir``; returns ``out_dir``."""
+    its newest) to ``out_dir``; returns ``out_dir``. A folder that is an export already
+    (``config.json``, no checkpoint marker: e.g. a finetune's ``hf/``) is copied as it is, so
+    one command readies any model URI for evaluation (the evaluation Job's first step)."""
+    source = open_storage(checkpoint_uri)
+    if source.exists("config.json") and not source.exists(MARKER):
+        return _copy(source, Path(out_dir))
     ckpt = open_committed(checkpoint_uri)
     trainer = load_object(ckpt, "trainer.pt")
     cfg = TrainConfig.model_validate(trainer["config"])
@@ -31,4 +38,14 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+def _copy(source: Storage, out: Path) -> Path:
+    """Every object of an exported folder, streamed to ``out`` (weights are GBs)."""
+    for info in source.list():
+        target = out / info.key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with source.open_read(info.key) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
     return out

@@ -59,6 +59,8 @@ class EvaluationJobSpec:
     """The Job is stopped (Failed) after this long."""
     backoff_limit: int = 1
     """Pod retries before the Job fails."""
+    model_size: str = "20Gi"
+    """Size limit of the volume holding the exported model (phi-1 in fp32: about 6 GB)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels for the Job and its pod (e.g. ``app.kubernetes.io/instance``)."""
 
@@ -98,9 +100,18 @@ def build_evaluation_job(spec: EvaluationJobSpec) -> dict[str, Any]:
     }
 
 
+MODEL_DIR = "/model"  # the export, on a volume shared by the two containers
+
+
+def export_command(spec: EvaluationJobSpec) -> list[str]:
+    """``primer export``: the checkpoint (a training run, a step folder or an export, in S3)
+    as a local ``save_pretrained`` folder, which is what ``primer eval run`` loads."""
+    return ["primer", "export", spec.checkpoint, MODEL_DIR]
+
+
 def command(spec: EvaluationJobSpec) -> list[str]:
     """``primer eval run`` for the spec (the same command a person runs on a laptop)."""
-    return ["primer", "eval", "run", "--model", spec.checkpoint,
+    return ["primer", "eval", "run", "--model", MODEL_DIR,
             "--benchmark", ",".join(spec.benchmarks), "--output", spec.output,
             f"--generation.n_samples={spec.samples}"]
 
@@ -114,6 +125,9 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
         resources["requests"]["nvidia.com/gpu"] = str(spec.gpus)
         resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
     env = pod_env(spec.s3_endpoint, spec.s3_secret)
+    hardened = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}}
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -121,6 +135,17 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
                             "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
+        # The export runs first, and alone: no model-written code has run yet in the pod.
+        "initContainers": [{
+            "name": "export",
+            "image": spec.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": export_command(spec),
+            "env": env,
+            "resources": resources,
+            "securityContext": hardened,
+            "volumeMounts": [tmp, {"name": "model", "mountPath": MODEL_DIR}],
+        }],
         "containers": [{
             "name": CONTAINER_NAME,
             "image": spec.image,
@@ -128,10 +153,9 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
             "command": command(spec),
             "env": env,
             "resources": resources,
-            "securityContext": {"allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "securityContext": hardened,
+            "volumeMounts": [tmp, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         }],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+                    {"name": "model", "emptyDir": {"sizeLimit": spec.model_size}}],
     }

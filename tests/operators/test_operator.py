@@ -70,7 +70,15 @@ def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
     assert pod["automountServiceAccountToken"] is False
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == \
         "evaluation"  # so the release's deny-all NetworkPolicy selects it
-    assert pod["containers"][0]["command"][:3] == ["primer", "eval", "run"]
+    # The checkpoint (a training run's, in S3) is exported first; evaluation loads the export.
+    (export,) = pod["initContainers"]
+    assert export["command"] == ["primer", "export", "s3://bkt/runs/r/checkpoints/step-10",
+                                 "/model"]
+    (evaluate,) = pod["containers"]
+    assert evaluate["command"][:5] == ["primer", "eval", "run", "--model", "/model"]
+    assert {"name": "model", "mountPath": "/model", "readOnly": True} in \
+        evaluate["volumeMounts"]
+    assert export["securityContext"] == evaluate["securityContext"]
     cluster.delete(GV, "evaluationruns", "ev1")
     wait_for(lambda: cluster.get(GV, "evaluationruns", "ev1") is None, "finalizer released")
     assert cluster.get("batch/v1", "jobs", "ev1") is None

@@ -7,9 +7,10 @@ on this machine's loopback, the pods on host networking, Service names mapped wi
 ``--add-host``). The Worker is killed mid-run and restarted as ``restartPolicy: OnFailure``
 makes the kubelet do; the job resumes from the last committed checkpoint and finishes.
 
-Not yet here: the evaluation Job on the result. Its ``primer eval run --model`` takes an
-exported model (save_pretrained), not a training checkpoint folder, so the Job needs a
-``primer export`` step first (found by running it: "not a checkpoint folder").
+Not yet here: the evaluation Job on the result. Running it found that ``primer eval run
+--model`` takes an exported model (save_pretrained), not a training checkpoint ("not a
+checkpoint folder"); the Job now runs ``primer export`` in an init container first
+(primer/k8s/evaluation_job.py), which this rehearsal does not run yet.
 """
 
 from __future__ import annotations
