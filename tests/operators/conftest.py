@@ -131,8 +131,9 @@ class Cluster:
         requests.delete(self.path(api_version, plural, name), timeout=10).raise_for_status()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    """Poll ``check`` until it returns something truthy (the operator works asynchronously)."""
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll ``check`` until it returns something truthy (the operator works asynchronously;
+    kopf on two loaded cores can take tens of seconds to see an event)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := check():
