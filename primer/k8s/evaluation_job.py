@@ -1,12 +1,15 @@
 """The evaluation Job (``batch/v1``): one hardened pod that runs ``primer eval run``.
 
 :func:`build_evaluation_job` is the only place the object is assembled; the operator builds
-one per ``EvaluationRun`` and tests validate it against the Kubernetes schemas. The pod is
-the hardened evaluation pod of the chart, because it executes model-written code (each
-program also runs in the sandbox): labelled ``app.kubernetes.io/component: evaluation`` so
-the release's deny-all NetworkPolicy applies to it, non-root, read-only root file system, no
-capabilities, seccomp ``RuntimeDefault``, no service-account token, a deadline and requests =
-limits. The report lands in ``<output>/<benchmark>/summary.json`` (``pass@1`` …).
+one per ``EvaluationRun`` and tests validate it against the Kubernetes schemas. The pod has
+the shape of the chart's evaluation workers, because it executes model-written code in the
+sandbox: labelled ``app.kubernetes.io/component: evaluation`` so the release's deny-all
+NetworkPolicy applies to it, a user namespace of its own (``hostUsers: false``) in which the
+scoring container is root with the sandbox's few capabilities (each program then runs as its
+own uid, in its own namespaces), a read-only root file system, seccomp ``RuntimeDefault``, no
+service-account token, a deadline and requests = limits. An init container with the
+restricted shape exports the checkpoint first. The report lands in
+``<output>/<benchmark>/summary.json`` (``pass@1`` …).
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ KIND = "Job"
 CONTAINER_NAME = "evaluate"
 BENCHMARKS = ("humaneval", "mbpp")
 RUN_AS_USER = 10001  # the non-root user of docker/Dockerfile
+#: The container of a pod that runs model- or teacher-written code (primer/sandbox/README.md;
+#: the chart's code-running workers take the same): root and these capabilities hold only in
+#: the pod's own user namespace (``hostUsers: false``), and each program runs as its own uid.
+#: allowPrivilegeEscalation stays unset: the API refuses false beside SYS_ADMIN.
+SANDBOX_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "privileged": False,
+    "readOnlyRootFilesystem": True, "procMount": "Unmasked",
+    "appArmorProfile": {"type": "Unconfined"},
+    "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN", "SETUID", "SETGID", "CHOWN"]}}
+#: Layers such a pod lacks: its cgroup fs is read-only (results record ``degraded``).
+SANDBOX_ALLOW_MISSING = "cgroup"
 _MAX_NAME = 52  # Job pods are named <job>-<5 chars>; CronJob-style limit keeps it < 63
 
 
@@ -125,15 +139,17 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
         resources["requests"]["nvidia.com/gpu"] = str(spec.gpus)
         resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
     env = pod_env(spec.s3_endpoint, spec.s3_secret)
-    hardened = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"]}}
+    # The export holds no model code: the restricted shape, as every other Primer container.
+    restricted = {"runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "runAsNonRoot": True,
+                  "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                  "capabilities": {"drop": ["ALL"]}}
     tmp = {"name": "tmp", "mountPath": "/tmp"}
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
-                            "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+        "hostUsers": False,  # scoring runs model-written code: the sandbox's pod shape
+        "securityContext": {"fsGroup": RUN_AS_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         # The export runs first, and alone: no model-written code has run yet in the pod.
         "initContainers": [{
@@ -143,7 +159,7 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
             "command": export_command(spec),
             "env": env,
             "resources": resources,
-            "securityContext": hardened,
+            "securityContext": restricted,
             "volumeMounts": [tmp, {"name": "model", "mountPath": MODEL_DIR}],
         }],
         "containers": [{
@@ -151,9 +167,10 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
             "image": spec.image,
             "imagePullPolicy": "IfNotPresent",
             "command": command(spec),
-            "env": env,
+            "env": [*env, {"name": "PRIMER_SANDBOX_ALLOW_MISSING",
+                           "value": SANDBOX_ALLOW_MISSING}],
             "resources": resources,
-            "securityContext": hardened,
+            "securityContext": SANDBOX_SECURITY_CONTEXT,
             "volumeMounts": [tmp, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         }],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from primer.k8s import TrainingJobSpec, build_pytorchjob
+from primer.k8s.evaluation_job import SANDBOX_SECURITY_CONTEXT
 from primer.runs import QUEUES
 from services.gateway.config import GatewayConfig
 from tests.charts.k8s_schemas import CHART, REPO, helm, validate
@@ -184,13 +185,24 @@ def test_security_defaults(rendered, scenario):
             owner["metadata"]["name"].endswith("-gateway") and owner["kind"] == "Deployment"
             and container_env(owner)["PRIMER_GATEWAY_MODE"]["value"] == "cluster")
         assert spec["automountServiceAccountToken"] is needs_api, name
-        assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        runs_code = owner["kind"] == "Deployment" and owner["metadata"]["name"].endswith(
+            ("-generation", "-evaluation"))
+        if runs_code:  # the sandbox's shape: root and capabilities in its own user namespace
+            assert spec["hostUsers"] is False, name
+            assert "runAsUser" not in spec["securityContext"], name
+        else:
+            assert "hostUsers" not in spec, name
+            assert spec["securityContext"]["runAsNonRoot"] is True, name
         for c in spec["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, name
-            assert sc["allowPrivilegeEscalation"] is False, name
-            assert sc["capabilities"]["drop"] == ["ALL"], name
+            if runs_code:
+                assert sc == SANDBOX_SECURITY_CONTEXT, name  # as the evaluation Job's
+                assert {"name": "PRIMER_SANDBOX_ALLOW_MISSING", "value": "cgroup"} in c["env"]
+            else:
+                assert sc["allowPrivilegeEscalation"] is False, name
+                assert sc["capabilities"]["drop"] == ["ALL"], name
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][part]), (name, part)
             image = c["image"]
@@ -198,6 +210,25 @@ def test_security_defaults(rendered, scenario):
             for env in c.get("env", []):  # credentials come from Secrets only
                 if any(w in env["name"] for w in ("SECRET", "PASSWORD", "TOKEN", "API_KEY")):
                     assert "secretKeyRef" in env["valueFrom"], (name, env["name"])
+
+
+def test_code_running_workers_take_the_restricted_shape_when_asked(tmp_path):
+    """``sandbox.userNamespaces=false`` (clusters without user namespaces): the workers keep
+    the restricted shape, and refuse to run code there (tests/primer/test_sandbox_container)."""
+    docs = list(yaml.safe_load_all(run_helm(
+        "template", "rel", str(CHART), values={"sandbox": {"userNamespaces": False,
+                                                           "allowMissing": ""}},
+        tmp=tmp_path).stdout))
+    for d in docs:
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-evaluation"):
+            spec = d["spec"]["template"]["spec"]
+            assert "hostUsers" not in spec
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            (c,) = spec["containers"]
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            assert all(e["name"] != "PRIMER_SANDBOX_ALLOW_MISSING" for e in c["env"])
+            return
+    raise AssertionError("no evaluation Deployment rendered")
 
 
 def _selects(selector: dict, labels: dict) -> bool:

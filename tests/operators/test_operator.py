@@ -78,7 +78,14 @@ def test_evaluationrun_becomes_a_hardened_owned_job(cluster, operator):
     assert evaluate["command"][:5] == ["primer", "eval", "run", "--model", "/model"]
     assert {"name": "model", "mountPath": "/model", "readOnly": True} in \
         evaluate["volumeMounts"]
-    assert export["securityContext"] == evaluate["securityContext"]
+    # scoring runs model-written code: the sandbox's shape (primer/sandbox/README.md); the
+    # export holds none and keeps the restricted one
+    assert pod["hostUsers"] is False
+    assert evaluate["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN", "SETUID",
+                                                                  "SETGID", "CHOWN"]
+    assert {"name": "PRIMER_SANDBOX_ALLOW_MISSING", "value": "cgroup"} in evaluate["env"]
+    assert export["securityContext"]["runAsNonRoot"] is True
+    assert export["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     cluster.delete(GV, "evaluationruns", "ev1")
     wait_for(lambda: cluster.get(GV, "evaluationruns", "ev1") is None, "finalizer released")
     assert cluster.get("batch/v1", "jobs", "ev1") is None

@@ -3,7 +3,8 @@
 What carries over, exactly: the image; ``command``/``args`` (Kubernetes' ENTRYPOINT/CMD rules
 and ``$(VAR)`` expansion); the env (values, Secret and ConfigMap keys resolved from the rendered
 objects, ``envFrom``, the downward API, and the Service links the kubelet adds); user, group
-and supplemental groups; dropped/added capabilities, no-new-privileges, privileged; a read-only
+and supplemental groups; a user namespace (``hostUsers: false``), an unmasked ``/proc``,
+AppArmor unconfined; dropped/added capabilities, no-new-privileges, privileged; a read-only
 root with *no* extra tmpfs (podman adds /tmp, /run… by default; the kubelet does not); CPU and
 memory limits; emptyDir, PVC, Secret and ConfigMap volumes (host folders, fsGroup-owned where
 Kubernetes would make them so); the pod name as host name.
@@ -208,12 +209,19 @@ def _claim_dir(path: Path, fs_group: int | None) -> Path:
     return path
 
 
+#: The host ids a user-namespaced pod's ids map to (``hostUsers: false``): an unprivileged range,
+#: as the kubelet picks one per pod.
+USERNS_BASE, USERNS_SIZE = 400000, 65536
+
+
 def run_args(pod: Pod, container_name: str, objects: Objects, *, image: str | None = None,
-             address: str = "127.0.0.1", claims: Iterable[str] = ()) -> list[str]:
+             address: str = "127.0.0.1", claims: Iterable[str] = (),
+             command: list[str] | None = None) -> list[str]:
     """``podman run`` options, image and arguments for one container of ``pod``.
 
     ``claims`` names the volumes a StatefulSet's volumeClaimTemplates provide (fresh folders).
-    ``image`` replaces the container's image (a local stand-in for one no registry can give).
+    ``image`` replaces the container's image (a local stand-in for one no registry can give);
+    ``command`` the container's command and args (another program in the same container).
     """
     spec = pod.spec
     container = next((c for c in spec.get("containers", []) if c["name"] == container_name),
@@ -227,6 +235,13 @@ def run_args(pod: Pod, container_name: str, objects: Objects, *, image: str | No
     for host, ip in pod.hosts.items():
         args += ["--add-host", f"{host}:{ip}"]
 
+    if spec.get("hostUsers") is False:  # the pod's own user namespace
+        mapping = f"0:{USERNS_BASE}:{USERNS_SIZE}"
+        args += ["--uidmap", mapping, "--gidmap", mapping]
+    if sc.get("procMount") == "Unmasked":
+        args += ["--security-opt", "unmask=/proc/*"]
+    if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        args += ["--security-opt", "apparmor=unconfined"]
     uid, gid = sc.get("runAsUser"), sc.get("runAsGroup")
     if sc.get("runAsNonRoot") and uid == 0:
         raise PodSpecError(f"pod {pod.name}: runAsNonRoot with runAsUser 0")
@@ -279,8 +294,11 @@ def run_args(pod: Pod, container_name: str, objects: Objects, *, image: str | No
 
     for name, value in env.items():
         args += ["--env", f"{name}={value}"]
-    command = [expand(c, env) for c in container.get("command") or []]
-    cmd_args = [expand(a, env) for a in container.get("args") or []]
+    if command is None:
+        command = [expand(c, env) for c in container.get("command") or []]
+        cmd_args = [expand(a, env) for a in container.get("args") or []]
+    else:
+        cmd_args = []
     if command:
         args += ["--entrypoint", json.dumps(command[:1])]
         cmd_args = command[1:] + cmd_args

@@ -244,6 +244,8 @@ http://{{ include "primer.fullname" . }}-teacher.{{ .Release.Namespace }}.svc:80
 {{- $root := .root }}
 {{- $v := index $root.Values .component }}
 {{- $autoscaled := and (eq .component "generation") $v.autoscaling.enabled }}
+{{- /* workers that run model- or teacher-written code: the sandbox's pod shape */}}
+{{- $sandboxed := and (has .component (list "generation" "evaluation")) $root.Values.sandbox.userNamespaces }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -256,6 +258,14 @@ metadata:
     # outage would restart every worker and cut their units short.
     checkov.io/skip1: CKV_K8S_8=Celery workers have no health endpoint
     checkov.io/skip2: CKV_K8S_9=Celery workers take work from the queue, not from a Service
+    {{- if $sandboxed }}
+    # The sandbox's shape: root and these capabilities hold only inside the pod's own user
+    # namespace (hostUsers: false); each program runs as its own uid (primer/sandbox/README.md).
+    checkov.io/skip3: CKV_K8S_20=SYS_ADMIN requires allowPrivilegeEscalation; user-namespaced pod
+    checkov.io/skip4: CKV_K8S_23=root only in the pod's user namespace (hostUsers false)
+    checkov.io/skip5: CKV_K8S_25=the sandbox adds SYS_ADMIN SETUID SETGID CHOWN in its user namespace
+    checkov.io/skip6: CKV_K8S_39=SYS_ADMIN in the pod's user namespace for per-program namespaces
+    {{- end }}
 spec:
   {{- if not $autoscaled }}
   replicas: {{ $v.replicas }}
@@ -274,8 +284,14 @@ spec:
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- if $sandboxed }}
+      hostUsers: false
+      securityContext:
+        seccompProfile: {type: RuntimeDefault}
+      {{- else }}
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      {{- end }}
       # Celery's warm shutdown on SIGTERM finishes the running unit before the pod goes.
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
       containers:
@@ -291,10 +307,18 @@ spec:
             {{- include "primer.env" . | nindent 12 }}
             - name: PRIMER_CELERY_QUEUE
               value: {{ $v.queue | quote }}
+            {{- if and $sandboxed $root.Values.sandbox.allowMissing }}
+            - name: PRIMER_SANDBOX_ALLOW_MISSING
+              value: {{ $root.Values.sandbox.allowMissing | quote }}
+            {{- end }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
+            {{- if $sandboxed }}
+            {{- include "primer.sandboxSecurityContext" . | nindent 12 }}
+            {{- else }}
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
+            {{- end }}
           volumeMounts:
             - name: tmp
               mountPath: /tmp
@@ -329,4 +353,20 @@ spec:
     matchLabels:
       {{- include "primer.selectorLabels" . | nindent 6 }}
 {{- end }}
+{{- end }}
+
+{{/* The container of a pod that runs model- or teacher-written code (primer/sandbox/README.md;
+primer/k8s/evaluation_job.py builds the same). allowPrivilegeEscalation stays unset: the API
+refuses false beside SYS_ADMIN. */}}
+{{- define "primer.sandboxSecurityContext" -}}
+runAsUser: 0
+runAsGroup: 0
+runAsNonRoot: false
+privileged: false
+readOnlyRootFilesystem: true
+procMount: Unmasked
+appArmorProfile: {type: Unconfined}
+capabilities:
+  drop: ["ALL"]
+  add: ["SYS_ADMIN", "SETUID", "SETGID", "CHOWN"]
 {{- end }}
