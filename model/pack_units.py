@@ -18,9 +18,8 @@ import json
 from dataclasses import asdict
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from primer.datasets import ShardInfo
+from primer.datasets import ShardInfo, open_dataset
 from primer.storage import Storage, open_storage
 
 #: Neighbouring windows of one file closer than this are fetched in one read (fewer GETs).
@@ -46,12 +45,14 @@ def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, work: str,
     columns = [prompt_column, completion_column] if finetune else [text_column]
     carry_ids, carry_mask = np.zeros(0, dtype), np.zeros(0, np.uint8)
     windows = documents = 0
+    # the shard through the dataset's checks: inside it, the manifest's size, columns and
+    # rows, and no more decoded bytes than a shard may hold
+    batches = open_dataset(src, check_sizes=False).shard_batches(shard, columns, batch_size=256)
     with contextlib.ExitStack() as stack:
-        f = stack.enter_context(src.open_read(shard))
         tok_out = stack.enter_context(dst.open_write(f"{work}/{unit}.tok"))
         mask_out = stack.enter_context(dst.open_write(f"{work}/{unit}.mask")) \
             if finetune else None
-        for rows in _chunks(f, columns):
+        for rows in _chunks(batches, columns):
             if finetune:
                 ids, mask = _encode_pairs(tok, [r[0] for r in rows], [r[1] for r in rows],
                                           dtype)
@@ -70,11 +71,11 @@ def tokenize_shard(source: str, shard: str, tokenizer: str, out: str, work: str,
     return {"windows": windows, "documents": documents, "dropped_tokens": int(carry_ids.size)}
 
 
-def _chunks(f, columns: list[str], max_chars: int = CHUNK_CHARS):
+def _chunks(batches, columns: list[str], max_chars: int = CHUNK_CHARS):
     """The shard's rows (tuples of ``columns``) in lists of about ``max_chars`` characters:
     what one call to the tokenizer holds, whatever the shard's size."""
     rows, size = [], 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=256, columns=columns):
+    for batch in batches:
         for row in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
             rows.append(row)
             size += sum(len(v) for v in row if v)

@@ -316,10 +316,12 @@ class Dataset:
 
     ``max_shard_bytes`` and ``max_expansion`` bound what one shard may decode to (defaults:
     ``PRIMER_MAX_SHARD_BYTES``, ``PRIMER_MAX_SHARD_EXPANSION``, see the module docstring).
+    ``check_sizes=False`` leaves each shard's size to be checked when it is read (a work unit
+    that reads one shard of thousands).
     """
 
     def __init__(self, uri: str | Storage, *, max_shard_bytes: int | None = None,
-                 max_expansion: float | None = None):
+                 max_expansion: float | None = None, check_sizes: bool = True):
         self.store = uri if isinstance(uri, Storage) else open_storage(uri)
         self.uri = self.store.uri
         self.max_shard_bytes = max_shard_bytes or int(
@@ -327,7 +329,8 @@ class Dataset:
         self.max_expansion = max_expansion or _env_number("PRIMER_MAX_SHARD_EXPANSION",
                                                           MAX_EXPANSION)
         self.manifest = read_manifest(self.store)
-        for shard in self.manifest.shards:
+        self._sized = check_sizes
+        for shard in self.manifest.shards if check_sizes else ():
             self._check_size(shard)
 
     def __len__(self) -> int:
@@ -397,26 +400,45 @@ class Dataset:
     def iter_batches(self, columns: list[str] | None = None,
                      batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
         """Stream record batches, shard by shard, in manifest order."""
+        self._check_wanted(columns)
+        for shard in self.manifest.shards:
+            yield from self._batches(shard, columns, batch_size)
+
+    def shard_batches(self, name: str, columns: list[str] | None = None,
+                      batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        """Stream one shard's record batches (a work unit's share of the dataset), with every
+        check :meth:`iter_batches` makes: the shard must be the manifest's, inside the
+        dataset, of its size, columns and rows, and decode within the limits."""
+        self._check_wanted(columns)
+        shard = next((s for s in self.manifest.shards if s.name == name), None)
+        if shard is None:
+            raise DatasetError(f"{self.uri} has no shard {name!r} in its manifest")
+        yield from self._batches(shard, columns, batch_size)
+
+    def _check_wanted(self, columns: list[str] | None) -> None:
         if columns is not None and self.manifest.columns:
             unknown = [c for c in columns if c not in self.manifest.columns]
             if unknown:
                 raise DatasetError(f"{self.uri} has no column {unknown[0]!r} (its columns: "
                                    f"{', '.join(self.manifest.columns)})")
-        for shard in self.manifest.shards:
-            pf = self._parquet(shard)
-            decoded = 0
-            try:
-                # the footer can understate what a page decodes to (dictionary / RLE runs),
-                # so the batches themselves are counted too
-                for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-                    decoded += batch.nbytes
-                    self._check_decoded(shard, decoded, "decodes to")
-                    yield batch
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise DatasetError(f"{self.store.url(shard.name)}: corrupt data: {exc}") \
-                    from None
-            finally:
-                pf.close()
+
+    def _batches(self, shard: ShardInfo, columns: list[str] | None,
+                 batch_size: int) -> Iterator[pa.RecordBatch]:
+        if not self._sized:
+            self._check_size(shard)
+        pf = self._parquet(shard)
+        decoded = 0
+        try:
+            # the footer can understate what a page decodes to (dictionary / RLE runs), so
+            # the batches themselves are counted too
+            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                decoded += batch.nbytes
+                self._check_decoded(shard, decoded, "decodes to")
+                yield batch
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(f"{self.store.url(shard.name)}: corrupt data: {exc}") from None
+        finally:
+            pf.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches():
@@ -475,5 +497,5 @@ def _env_number(name: str, default: float) -> float:
 
 def open_dataset(uri: str | Storage, **limits: Any) -> Dataset:
     """Open a committed dataset; raises :class:`DatasetError` when it is missing or corrupt.
-    ``limits``: ``max_shard_bytes``, ``max_expansion`` (see :class:`Dataset`)."""
+    ``limits``: ``max_shard_bytes``, ``max_expansion``, ``check_sizes`` (see :class:`Dataset`)."""
     return Dataset(uri, **limits)

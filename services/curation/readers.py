@@ -95,7 +95,22 @@ def plan(input_uri: str, cfg: ReaderConfig) -> list[dict[str, Any]]:
             raise InputError(f"{input_uri or roots}: no *.py files found")
         n = cfg.files_per_unit
         return [{"kind": "files", "files": files[i:i + n]} for i in range(0, len(files), n)]
+    dataset = _dataset(input_uri)
+    if dataset is not None:  # a Primer dataset: its shards, read through its checks
+        return [{"kind": "shard", "dataset": dataset.uri, "shard": s.name}
+                for s in dataset.manifest.shards]
     return [{"kind": "data", "uri": uri} for uri in _data_files(input_uri)]
+
+
+def _dataset(uri: str):
+    """The committed Primer dataset at ``uri``, or None when there is none."""
+    if "://" not in uri and os.path.isfile(uri):
+        return None
+    try:
+        store = open_storage(uri)
+        return open_dataset(store) if store.exists(MANIFEST) else None
+    except StorageError as exc:
+        raise InputError(f"{uri}: cannot list the input: {exc}") from None
 
 
 def _data_files_local(path: str) -> bool:
@@ -109,8 +124,6 @@ def _data_files(uri: str) -> list[str]:
         return [uri]
     try:
         store = open_storage(uri)
-        if store.exists(MANIFEST):
-            return open_dataset(store).data_files()
         files = [store.url(o.key) for o in store.list() if o.key.endswith(_DATA_SUFFIXES)
                  and not o.key.split("/")[-1].startswith(("_", "."))]
     except StorageError as exc:
@@ -128,6 +141,8 @@ def read_partition(part: dict[str, Any], cfg: ReaderConfig) -> Iterator[Record]:
         return read_files(part["files"], cfg.max_bytes)
     if kind == "data":
         return read_data_file(part["uri"], cfg.text_column)
+    if kind == "shard":
+        return read_shard(part["dataset"], part["shard"], cfg.text_column)
     if kind == "hf":
         from services.curation import hub
 
@@ -188,6 +203,21 @@ def read_data_file(uri: str, text_column: str) -> Iterator[Record]:
                 raise InputError(f"{uri}:{n}: expected a JSON object with {text_column!r}; set "
                                  "--reader.text_column")
             yield from_row(row, text_column, f"{uri}:{n}")
+
+
+def read_shard(dataset_uri: str, shard: str, text_column: str) -> Iterator[Record]:
+    """One shard of a Primer dataset, through the dataset's checks (inside it, the manifest's
+    size, rows and columns, a bounded decoded size): a dataset is read one way everywhere."""
+    dataset = open_dataset(dataset_uri, check_sizes=False)
+    declared = dataset.manifest.columns  # a manifest without columns: the shard's own
+    if declared:
+        check_columns(list(declared), text_column, dataset.uri)
+    where = dataset.store.url(shard)
+    wanted = [c for c in (text_column, "source", "lang") if c in declared] if declared else None
+    rows = (row for batch in dataset.shard_batches(shard, wanted, batch_size=1024)
+            for row in batch.to_pylist())
+    for i, row in enumerate(rows):
+        yield from_row(row, text_column, f"{where}#{i}")
 
 
 def check_columns(names: list[str], text_column: str, where: str) -> None:

@@ -176,3 +176,17 @@ def test_celery_workers_pack_the_same_bytes(tmp_path, text_dataset, packed, redi
     logs = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
     # both kinds of unit ran in the workers (Celery logs each task's result)
     assert "'dropped_tokens'" in logs and "'sha256'" in logs, logs[-3000:]
+
+
+def test_tokenize_units_read_shards_through_the_datasets_checks(packed, tmp_path):
+    """A shard without the manifest's ``text`` column is refused by its unit with the
+    dataset's message, as by every reader of a dataset (issue 14), not read as something."""
+    from primer.datasets import commit_dataset, write_shard
+
+    uri = str(tmp_path / "bad")
+    shard = write_shard(uri, "part-00000.parquet", [{"id": "r0", "code": "x = 1\n" * 50}])
+    commit_dataset(uri, [shard], Producer("test"), columns={"id": "string", "text": "string"})
+    with pytest.raises(Exception, match="does not match the manifest's columns: it has no "
+                       "column 'text'"):
+        pack([Source(uri)], str(tmp_path / "o"), tokenizer=f"{packed}/tokenizer", seq_len=SEQ,
+             workers=1)

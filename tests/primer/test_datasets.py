@@ -296,3 +296,23 @@ def test_the_decoded_size_cap_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("PRIMER_MAX_SHARD_BYTES", "lots")
     with pytest.raises(DatasetError, match="PRIMER_MAX_SHARD_BYTES='lots' must be a number"):
         open_dataset(uri)
+
+
+def test_one_shard_is_read_with_every_check(tmp_path):
+    """A work unit reads its shard through ``shard_batches`` (curation's readers, packing's
+    tokenize units): the same refusals as reading the whole dataset, without statting every
+    other shard first."""
+    uri = tmp_path / "ds"
+    write_dataset(str(uri), records(6), PRODUCER, rows_per_shard=3)
+    ds = open_dataset(str(uri), check_sizes=False)
+    assert [r for b in ds.shard_batches("part-00001.parquet") for r in b.to_pylist()] == \
+        records(6, start=3)
+    with pytest.raises(DatasetError, match="no shard 'part-00009.parquet'"):
+        list(ds.shard_batches("part-00009.parquet"))
+    shard = uri / "part-00000.parquet"
+    outside = tmp_path / "secret.parquet"
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)
+    with pytest.raises(DatasetError, match="outside the"):
+        list(open_dataset(str(uri), check_sizes=False).shard_batches("part-00000.parquet"))
