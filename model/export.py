@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import MARKER, load_model_state, load_object, open_committed
+from model.checkpoint import CheckpointError, load_model_state, load_object, open_committed
 from model.config import TrainConfig
 from model.presets import build_model
 from model.tokenizer import load_tokenizer
@@ -20,13 +20,17 @@ from primer.storage import Storage, open_storage
 
 def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write the committed checkpoint at ``checkpoint_uri`` (a step folder, or a run URI for
-    its newest) to ``out_dir``; returns ``out_dir``. A folder that is an export already
-    (``config.json``, no checkpoint marker: e.g. a finetune's ``hf/``) is copied as it is, so
-    one command readies any model URI for evaluation (the evaluation Job's first step)."""
-    source = open_storage(checkpoint_uri)
-    if source.exists("config.json") and not source.exists(MARKER):
+    its newest) to ``out_dir``; returns ``out_dir``. A folder that holds no checkpoint but is
+    an export already (a model config beside weights: e.g. a finetune's ``hf/``) is copied as
+    it is, so one command readies any model URI for evaluation (the evaluation Job's first
+    step)."""
+    try:
+        ckpt = open_committed(checkpoint_uri)
+    except CheckpointError:
+        source = open_storage(checkpoint_uri)
+        if not _is_export(source):
+            raise
         return _copy(source, Path(out_dir))
-    ckpt = open_committed(checkpoint_uri)
     trainer = load_object(ckpt, "trainer.pt")
     cfg = TrainConfig.model_validate(trainer["config"])
     model = build_model(cfg.model, trainer["vocab_size"], attn_implementation="sdpa")
@@ -39,6 +43,15 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def _is_export(store: Storage) -> bool:
+    """A ``save_pretrained`` folder: a model config beside weights (a training run also has a
+    ``config.json``, its own, but no weights at its top)."""
+    names = {o.key for o in store.list() if "/" not in o.key}
+    return "config.json" in names and any(
+        n.endswith(".safetensors") or n in ("pytorch_model.bin", "model.safetensors.index.json")
+        for n in names)
 
 
 def _copy(source: Storage, out: Path) -> Path:
