@@ -24,7 +24,7 @@ class OperatorConfig(ConfigModel):
         "evaluation_image": "PRIMER_EVALUATION_IMAGE", "s3_secret": "PRIMER_S3_CREDENTIALS",
         "evaluation_s3_secret": "PRIMER_S3_CREDENTIALS_EVALUATION",
         "s3_endpoint": "PRIMER_S3_ENDPOINT", "teacher_url": "PRIMER_TEACHER_URL",
-        "instance": "PRIMER_RELEASE"}
+        "instance": "PRIMER_RELEASE", "endpoints": "PRIMER_OPERATOR_ENDPOINTS"}
 
     redis_url: str = Field("redis://localhost:6379/0", description="Celery broker.")
     generation_queue: str = Field(QUEUES["generation"], description=(
@@ -43,6 +43,10 @@ class OperatorConfig(ConfigModel):
     s3_endpoint: str | None = Field(None, description="S3 endpoint passed on to children; "
                                     "unset: AWS S3.")
     teacher_url: str = Field("", description="Default teacher for GenerationRuns.")
+    endpoints: str = Field("", description=(
+        "Teacher endpoints a GenerationRun may name besides teacher_url, comma-separated (the "
+        "chart passes the gateway's gateway.policy.endpoints): the workers send their teacher "
+        "key to whatever a run names, so a resource may name no other."))
     instance: str | None = Field(None, description=(
         "Helm release: children get app.kubernetes.io/instance so the release's "
         "NetworkPolicies apply to them."))
@@ -60,6 +64,10 @@ class OperatorConfig(ConfigModel):
     @classmethod
     def from_env(cls) -> OperatorConfig:
         return load_config(cls)
+
+    def allowed_endpoints(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in (self.teacher_url, *self.endpoints.split(","))
+                     if u.strip())
 
     def child_labels(self, run: str) -> dict[str, str]:
         labels = {"primer.dev/run": run}

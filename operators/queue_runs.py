@@ -31,6 +31,7 @@ from primer.executor import queue
 from primer.executor.base import Markers
 from primer.executor.consumers import Consumers, no_consumer
 from primer.executor.plan import RunFailed, planner, reconcile
+from primer.policy import ALLOWED_CONFIG, config_problems, endpoint_problems, run_kind
 from primer.runs import S3_URI, CurationRun, GenerationRun
 from primer.storage import StorageError
 
@@ -60,6 +61,28 @@ def follow_run(**kwargs):
     reconcile_run(**kwargs)
 
 
+def refuse_unsafe(spec: CurationRun | GenerationRun, config: OperatorConfig,
+                  patch: kopf.Patch) -> None:
+    """Fail the run, before anything is sent, if it asks for what the gateway would refuse: a
+    config key off its kind's allow-list (the sandbox, a key's variable, a URI) or a teacher
+    endpoint the operator does not list (:mod:`primer.policy`)."""
+    parts = []
+    if keys := [field for field, _ in config_problems(spec, spec.config)]:
+        kind = run_kind(spec)
+        parts.append(f"{', '.join(f'spec.{k}' for k in keys)}: not config keys a {kind} run "
+                     f"may set")
+    if isinstance(spec, GenerationRun) and spec.teacher.url:
+        parts += [f"spec.{field}: {why}" for field, why in endpoint_problems(
+            "teacher.url", spec.teacher.url, config.allowed_endpoints(),
+            "the operator's PRIMER_TEACHER_URL and PRIMER_OPERATOR_ENDPOINTS")]
+    if parts:
+        if keys:  # last, as the status message may be clipped
+            parts.append(f"a {kind} run may set: {', '.join(sorted(ALLOWED_CONFIG[kind]))}")
+        message = "; ".join(parts)
+        finish(patch, "Failed", message, reason="Refused")
+        raise kopf.PermanentError(message)
+
+
 def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, logger,
                   body=None, **_):
     """Send the planner's next step (once) and report where the run stands."""
@@ -73,6 +96,7 @@ def reconcile_run(spec, name, namespace, uid, status, patch, resource, memo, log
                reason="InvalidSpec")
         raise kopf.PermanentError("spec.output is not an s3:// URI")
     config = OperatorConfig.from_env()
+    refuse_unsafe(parsed, config, patch)
     queue_name = status.get("queue") or queue_of(config)
     prefix = queue.task_prefix(namespace, name, uid[:8])
     plan = planner(kind)

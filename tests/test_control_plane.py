@@ -57,6 +57,7 @@ def plane(redis_url, s3_server, tmp_path_factory):
             celery_workers(redis_url, queue, tmp_path_factory.mktemp("logs"), n=3, **env), \
             Cluster() as cluster, \
             run_operator(cluster, {"PRIMER_REDIS_URL": redis_url, **env,
+                                   "PRIMER_OPERATOR_ENDPOINTS": teacher.base_url,
                                    "PRIMER_CURATION_QUEUE": queue,
                                    "PRIMER_GENERATION_QUEUE": queue}):
         yield {"queue": queue, "bucket": bucket, "teacher": teacher, "cluster": cluster,

@@ -61,6 +61,7 @@ def by_operator(plural: str, spec: dict[str, Any], monkeypatch) -> list[dict[str
     """The units the operator's first reconcile of a new resource sends to the queue."""
     from operators import queue_runs
 
+    monkeypatch.setenv("PRIMER_OPERATOR_ENDPOINTS", TEACHER)  # the one it may name
     jobs: list[Job] = []
     monkeypatch.setattr(queue_runs.queue, "enqueue",
                         lambda job, *args: jobs.append(job) or len(job.units))

@@ -4,8 +4,9 @@ A run spec is a request from the network to run units on workers that hold crede
 Redis, the teacher's API key). So, beyond the spec's own types (:mod:`primer.runs`), a run may
 only:
 
-- set the ``config`` keys on its run kind's allow-list (:data:`ALLOWED_CONFIG`): never the
-  sandbox, an environment-variable name, an endpoint, a storage URI or a path;
+- set the ``config`` keys on its run kind's allow-list (:mod:`primer.policy`, which the
+  operator applies to custom resources too): never the sandbox, an environment-variable
+  name, an endpoint, a storage URI or a path;
 - name an OpenAI-compatible endpoint (``teacher.url``) the operator listed
   (``GatewayConfig.endpoints``); its key is always the workers' own;
 - read inputs (``input``, ``checkpoint``) under the configured roots
@@ -18,55 +19,12 @@ Every problem is reported at once, as ``(field, message)`` pairs the API turns i
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
+from primer.policy import Problem, config_problems, endpoint_problems
 from services.gateway.config import GatewayConfig
 from services.gateway.models import Body, CurationBody, EvaluationBody, GenerationBody
-
-Problem = tuple[str, str]
-
-_TEACHER_LIMITS = ("model", "max_concurrency", "requests_per_minute", "tokens_per_minute",
-                   "max_retries", "timeout_s", "backoff_base_s", "backoff_max_s",
-                   "price_input_per_1k", "price_output_per_1k")
-_GENERATION = ("generation.seed", "generation.batch_size", "generation.overgenerate",
-               "generation.max_specs_factor", "generation.temperature", "generation.top_p",
-               "generation.near_dup_bands", "generation.near_dup_rows",
-               "generation.allow_fewer", *(f"teacher.{k}" for k in _TEACHER_LIMITS),
-               "log_level")
-
-#: Config keys (``section.key``) each run kind may set; everything else is refused. The keys
-#: that decide *where* a run reads, writes or sends, and *how* it is contained, are absent
-#: on purpose: ``sandbox.*``, ``*_env``, ``*.url``/``*.api_base``/``*_uri``/``*_path``,
-#: ``storage.*``, ``redis.*``, ``executor``, ``workers`` and encoders loaded from a path.
-ALLOWED_CONFIG: dict[str, frozenset[str]] = {
-    "curation": frozenset((
-        "reader.files_per_unit", "reader.max_bytes", "reader.text_column", "reader.hf_split",
-        "reader.hf_data_dir", "reader.hf_limit", "reader.hf_records_per_unit", "reader.limit",
-        "filters.min_chars", "filters.max_chars", "filters.max_line_length",
-        "filters.min_alnum_fraction", "filters.max_mean_line_length",
-        "filters.max_data_fraction", "dedup.ngram", "dedup.bands", "dedup.rows", "dedup.seed",
-        "dedup.compat", "dedup.exact", "dedup.near", "annotate.annotator",
-        "annotate.sample_size", "annotate.seed", "annotate.positive_score",
-        "annotate.max_attempts", *(f"annotate.teacher.{k}" for k in _TEACHER_LIMITS),
-        "classify.max_tokens", "classify.batch_size", "classify.n_estimators",
-        "classify.test_fraction", "classify.seed", "classify.keep_top", "classify.min_score",
-        "write_dropped", "chars_per_token", "log_level")),
-    "generation textbooks": frozenset((*_GENERATION, "generation.max_tokens_textbook",
-                                       "generation.min_words")),
-    "generation exercises": frozenset((*_GENERATION, "generation.max_tokens_exercise",
-                                       "generation.sandbox_workers")),
-}
-
-#: Whatever the list above says, keys like these are never a user's to set (a test checks
-#: the list against them, so a later addition cannot open the sandbox or leak a secret).
-NEVER = re.compile(r"(^|\.)(sandbox|storage|redis)\.|_env$|(^|\.)(url|api_base|executor|"
-                   r"workers|encoder)$|_(uri|url|path)$")
-
-
-def run_kind(spec: CurationBody | GenerationBody) -> str:
-    return f"generation {spec.kind}" if isinstance(spec, GenerationBody) else "curation"
 
 
 def check(spec: Body, config: GatewayConfig) -> list[Problem]:
@@ -76,9 +34,10 @@ def check(spec: Body, config: GatewayConfig) -> list[Problem]:
     if isinstance(spec, EvaluationBody):
         problems += _input("checkpoint", spec.checkpoint, roots)
     else:
-        problems += _config(spec)
+        problems += config_problems(spec, spec.config)
     if isinstance(spec, GenerationBody) and spec.teacher.url is not None:
-        problems += _endpoint("teacher.url", spec.teacher.url, config)
+        problems += endpoint_problems("teacher.url", spec.teacher.url, config.endpoints,
+                                      "PRIMER_GATEWAY_ENDPOINTS")
     if isinstance(spec, CurationBody) and spec.input is not None:
         problems += _input("input", spec.input, roots, hub=True)
     if spec.output is not None:
@@ -90,29 +49,6 @@ def run_output(config: GatewayConfig, run_id: str, spec: Body) -> str:
     """Where the run writes: ``<root>/runs/<run id>/<output or component>`` (checked first)."""
     sub = posixpath.normpath(spec.output) if spec.output is not None else spec.component
     return f"{config.storage_root.rstrip('/')}/runs/{run_id}/{sub}"
-
-
-def _config(spec: CurationBody | GenerationBody) -> list[Problem]:
-    kind = run_kind(spec)
-    allowed = ALLOWED_CONFIG[kind]
-    refused = [key for key in spec.config if key not in allowed or NEVER.search(key)]
-    return [(f"config.{key}", f"{key!r} is not a config key a {kind} run may set (they "
-             f"may set: {', '.join(sorted(allowed))})") for key in refused]
-
-
-def _endpoint(field: str, url: str, config: GatewayConfig) -> list[Problem]:
-    if _normal_url(url) in {_normal_url(u) for u in config.endpoints}:
-        return []
-    listed = ", ".join(config.endpoints) if config.endpoints else "none are"
-    return [(field, f"{url!r} is not an endpoint this gateway allows ({listed}; the operator "
-             "lists them in PRIMER_GATEWAY_ENDPOINTS); leave it out to use the workers' "
-             "configured teacher")]
-
-
-def _normal_url(url: str) -> str:
-    parsed = urlparse(url.strip())
-    return f"{parsed.scheme.lower()}://{parsed.netloc.lower()}{parsed.path.rstrip('/')}" \
-        if parsed.scheme else url.strip().rstrip("/")
 
 
 def _output(output: str) -> list[Problem]:

@@ -4,6 +4,7 @@ units (real Redis); status follows the children; deletion removes children and f
 from __future__ import annotations
 
 import pytest
+import redis
 
 from tests.charts.k8s_schemas import validate
 from tests.operators.conftest import NS, wait_for
@@ -56,6 +57,29 @@ def test_invalid_spec_is_refused_with_the_field_named(cluster, operator):
     assert failed["message"] == status["message"]
     cluster.delete(GV, "generationruns", "bad1")
     wait_for(lambda: cluster.get(GV, "generationruns", "bad1") is None, "finalizer released")
+
+
+def test_a_run_asking_for_what_the_gateway_refuses_is_refused_before_anything_is_sent(
+        cluster, operator, redis_url):
+    """A resource is written by whoever may create it in the namespace: it may not switch the
+    workers' sandbox off or have them send their teacher key to an endpoint of its choosing
+    (the gateway refuses the same; primer.policy)."""
+    cluster.create(GV, "generationruns", run("GenerationRun", "evil1", {
+        "kind": "exercises", "count": 2, "output": "s3://bkt/evil1",
+        "teacher": {"url": "http://attacker.example/v1"},
+        "config": {"sandbox.isolate_network": "false", "teacher.api_key_env":
+                   "AWS_SECRET_ACCESS_KEY", "generation.batch_size": "2"}}))
+    status = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
+        cluster.get(GV, "generationruns", "evil1").get("status") or {}), "refusal")
+    (failed,) = status["conditions"]
+    assert failed["reason"] == "Refused"
+    for named in ("spec.config.sandbox.isolate_network", "spec.config.teacher.api_key_env",
+                  "spec.teacher.url: 'http://attacker.example/v1' is not an endpoint"):
+        assert named in status["message"], status["message"]
+    assert "generation.batch_size" not in status["message"].split("may set")[0]
+    assert not redis.Redis.from_url(redis_url).keys("primer:sent:*evil1*")  # nothing sent
+    cluster.delete(GV, "generationruns", "evil1")
+    wait_for(lambda: cluster.get(GV, "generationruns", "evil1") is None, "finalizer released")
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ def operator_with_s3(cluster, redis_url, s3_server):
     with run_operator(cluster, {"PRIMER_REDIS_URL": redis_url, "PRIMER_S3_RETRIES": "2",
                                 "PRIMER_GENERATION_QUEUE": "generation-op",
                                 "PRIMER_CURATION_QUEUE": "curation-op",
+                                "PRIMER_OPERATOR_ENDPOINTS": "http://teacher:8000/v1",
                                 **s3_server.env()}) as runner:
         yield bucket, runner
 

@@ -171,6 +171,7 @@ def test_the_operator_tick_lists_markers_once_and_reads_finished_ones_once(
 
     monkeypatch.setenv("PRIMER_REDIS_URL", redis_url)
     monkeypatch.setenv("PRIMER_GENERATION_QUEUE", f"gen-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("PRIMER_OPERATOR_ENDPOINTS", "http://teacher:8000/v1")
     out = f"s3://{s3_bucket}/gen"
     two_rounds_done(out)
     spec = {"kind": "textbooks", "count": 8, "batchSize": 2, "output": out,

@@ -296,6 +296,7 @@ def test_in_cluster_mode_cancel_deletes_the_resource_and_logs_are_its_events(
     client = redis.Redis.from_url(redis_url)
     with Cluster() as cluster, \
             run_operator(cluster, {"PRIMER_REDIS_URL": redis_url, **env,
+                                   "PRIMER_OPERATOR_ENDPOINTS": TEACHER,
                                    "PRIMER_GENERATION_QUEUE": queue}), \
             pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():  # the gateway reads failure records from S3

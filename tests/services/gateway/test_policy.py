@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from primer.policy import ALLOWED_CONFIG, NEVER
 from services.curation.config import CurationConfig
 from services.gateway.config import GatewayConfig
 from services.gateway.models import CurationBody, EvaluationBody
-from services.gateway.policy import ALLOWED_CONFIG, NEVER, check, location
+from services.gateway.policy import check, location
 from services.generation.config import GenerateConfig
 
 CONFIGS = {"curation": CurationConfig, "generation textbooks": GenerateConfig,
