@@ -58,6 +58,11 @@ def one(docs, kind):
     return found
 
 
+def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:
@@ -247,16 +252,13 @@ def test_promql_parses(rendered, tmp_path):
     panels.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
         {"record": f"primer:panel_{i}", "expr": expr}
         for i, expr in enumerate(dashboard_queries().values())]}]}))
-    proc = subprocess.run([promtool(), "check", "rules", str(rules), str(panels)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_promtool("check", "rules", str(rules), str(panels))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 3 rules found" in proc.stdout
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
         {"record": "primer:x", "expr": "max by (queue (primer_queue_length)"}]}]}))
-    proc = subprocess.run([promtool(), "check", "rules", str(broken)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0  # the check can fail
+    assert run_promtool("check", "rules", str(broken)).returncode != 0  # the check can fail
 
 
 def series(name: str, values: str, **labels: str) -> dict[str, str]:
@@ -325,8 +327,7 @@ def test_alerts_fire_when_they_should(rendered, tmp_path):
     ]
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(
         {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests}))
-    proc = subprocess.run([promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = run_promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
