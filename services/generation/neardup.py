@@ -20,6 +20,8 @@ _PRIME = np.uint64(4294967311)  # > 2**32
 _WORD = re.compile(r"\w+")
 _BAND = re.compile(r"(0|[1-9][0-9]*):")
 _HEX = re.compile(r"[0-9a-f]*")
+_FEW = 48  # keys left to probe for which a Python loop costs less than numpy's calls
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads any keys' bits
 SHINGLE = 5
 
 
@@ -58,82 +60,166 @@ class KeyFormatError(ValueError):
 
 
 class KeySet:
-    """The band keys of kept texts as 64-bit integers, one sorted set per band: what
-    :class:`NearDupIndex` decides, in 8 bytes a key instead of a Python string in a set.
+    """The band keys of kept texts as (band, 64-bit integer) pairs in one open-addressing
+    hash table of numpy arrays (10 bytes a slot, at most half full): what
+    :class:`NearDupIndex` decides, without a Python string and set entry per key.
 
     A key ``"<band>:<hex>"`` maps to (band, int) one to one (no leading zeros, 16 lowercase
-    digits), so two keys are equal exactly when their integers are. Each band's set is a few
-    sorted numpy runs merged like the digits of a binary counter: adding is amortised
-    O(log n) a key, a lookup is one binary search per run.
+    digits), so two keys are equal exactly when their pairs are. Lookups and inserts probe
+    linearly, a whole batch of keys per numpy operation.
     """
 
     def __init__(self) -> None:
-        self._bands: dict[str, int] = {}  # "3:" -> 3, for the heads seen
-        self._runs: dict[int, list[np.ndarray]] = {}
+        self._bands: dict[str, int] = {}
+        """Each band's head (``"3:"``) → its number (from 1: 0 marks an empty slot)."""
+        self._band = np.zeros(1 << 12, dtype=np.uint16)
+        self._value = np.zeros(1 << 12, dtype=np.uint64)
+        self._used = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(run.nbytes for runs in self._runs.values() for run in runs)
+        return self._band.nbytes + self._value.nbytes
 
     def add_first(self, records: Sequence[Sequence[str]], limit: int) -> tuple[list[int], int]:
         """Keep records in order, each one whose keys are in neither the set nor an earlier
         kept record's, until ``limit`` are kept; add the kept records' keys. Returns the
         kept positions and how many records were looked at (the rest come after the limit).
         """
-        lengths = [len(keys) for keys in records]
-        flat = [k for keys in records for k in keys]
-        bands, values = self._parse(flat)
+        lengths = list(map(len, records))
+        bands, values = self._parse(records, sum(lengths))
         owner = np.repeat(np.arange(len(records)), lengths)
         seen_before = np.zeros(len(records), dtype=bool)
-        for band in np.unique(bands).tolist():
-            mine = bands == band
-            seen_before[owner[mine][self._contains(band, values[mine])]] = True
+        seen_before[owner[self._contains(bands, values)]] = True
+        order = np.lexsort((values, bands))
+        bands_sorted, values_sorted = bands[order], values[order]
+        if ((bands_sorted[1:] == bands_sorted[:-1])
+                & (values_sorted[1:] == values_sorted[:-1])).any():
+            kept = self._first_in_order(records, seen_before, limit)  # records share keys
+        else:
+            kept = np.flatnonzero(~seen_before)[:max(limit, 0)].tolist()
+        if limit <= 0:
+            looked = 0
+        elif len(kept) == limit:
+            looked = kept[-1] + 1  # the records after it are past the limit
+        else:
+            looked = len(records)
+        if kept:
+            mine = np.zeros(len(records), dtype=bool)
+            mine[kept] = True
+            take = mine[owner]
+            self._insert(bands[take], values[take])
+        return kept, looked
+
+    @staticmethod
+    def _first_in_order(records: Sequence[Sequence[str]], seen_before: np.ndarray,
+                        limit: int) -> list[int]:
         kept: list[int] = []
-        looked = 0
         here: set[str] = set()  # keys of the records kept from this call
         for pos, keys in enumerate(records):
             if len(kept) == limit:
                 break
-            looked += 1
             if seen_before[pos] or any(k in here for k in keys):
                 continue
             here.update(keys)
             kept.append(pos)
-        if kept:
-            take = np.isin(owner, kept)
-            for band in np.unique(bands[take]).tolist():
-                self._add(band, values[take & (bands == band)])
-        return kept, looked
+        return kept
 
-    def _parse(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        bands = np.empty(len(keys), dtype=np.int64)
-        for i, k in enumerate(keys):
-            if not isinstance(k, str):
-                raise KeyFormatError(f"near-dup key {k!r} is not '<band>:<16 hex digits>'")
-            head = k[:-16]
-            band = self._bands.get(head)
-            if band is None:
-                if not (len(k) > 16 and _BAND.fullmatch(head)):
-                    raise KeyFormatError(f"near-dup key {k!r} is not '<band>:<16 hex digits>'")
-                band = self._bands[head] = int(head[:-1])
-            bands[i] = band
-        digits = "".join(k[-16:] for k in keys)
+    def _parse(self, records: Sequence[Sequence[str]], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's band number and 64-bit value."""
+        try:
+            text = "".join(map("".join, records)).encode("ascii")
+        except (TypeError, UnicodeEncodeError):
+            text = b""  # the general path below says which key is wrong
+        if len(text) == 18 * n:  # "<one-digit band>:<16 digits>" each, as band_keys writes
+            chars = np.frombuffer(text, dtype=np.uint8).reshape(n, 18)
+            digits = chars[:, 2:]
+            if ((chars[:, 0] >= 48) & (chars[:, 0] <= 57) & (chars[:, 1] == 58)).all() and (
+                    ((digits >= 48) & (digits <= 57)) | ((digits >= 97) & (digits <= 102))).all():
+                heads = chars[:, :2].copy().view("S2").ravel()
+                codes = np.zeros(256, dtype=np.int64)  # first byte -> band number
+                for head in np.unique(heads).tolist():
+                    codes[head[0]] = self._band_of(head.decode())
+                values = np.frombuffer(bytes.fromhex(digits.tobytes().decode()), dtype=">u8")
+                return codes[chars[:, 0]], values.astype(np.uint64)
+        keys = [k for keys in records for k in keys]
+        try:
+            bands = np.fromiter(map(self._band_of, [k[:-16] for k in keys]), dtype=np.int64,
+                                count=len(keys))
+            digits = "".join(k[-16:] for k in keys)
+        except TypeError:  # not a string
+            raise KeyFormatError(_bad(next(k for k in keys if not isinstance(k, str)))) \
+                from None
+        except KeyFormatError as exc:
+            raise KeyFormatError(_bad(next(k for k in keys if k[:-16] == exc.args[0]))) \
+                from None
         if not _HEX.fullmatch(digits):
-            bad = next(k for k in keys if not _HEX.fullmatch(k[-16:]))
-            raise KeyFormatError(f"near-dup key {bad!r} is not '<band>:<16 hex digits>'")
+            raise KeyFormatError(_bad(next(k for k in keys if not _HEX.fullmatch(k[-16:]))))
         values = np.frombuffer(bytes.fromhex(digits), dtype=">u8").astype(np.uint64)
         return bands, values
 
-    def _contains(self, band: int, values: np.ndarray) -> np.ndarray:
+    def _band_of(self, head: str) -> int:
+        """The number of the band ``head`` (``"3:"``) names; raises with the head if bad."""
+        band = self._bands.get(head)
+        if band is None:
+            if not _BAND.fullmatch(head):
+                raise KeyFormatError(head)
+            if len(self._bands) == np.iinfo(np.uint16).max:
+                raise ValueError(f"more than {len(self._bands)} bands of near-dup keys")
+            band = self._bands[head] = len(self._bands) + 1
+        return band
+
+    def _home(self, bands: np.ndarray, values: np.ndarray) -> np.ndarray:
+        mixed = (values ^ (bands.astype(np.uint64) * _GOLDEN)) * _GOLDEN  # wraps mod 2**64
+        return (mixed >> np.uint64(65 - self._value.size.bit_length())).astype(np.int64)
+
+    def _contains(self, bands: np.ndarray, values: np.ndarray) -> np.ndarray:
         found = np.zeros(len(values), dtype=bool)
-        for run in self._runs.get(band, []):
-            at = np.minimum(np.searchsorted(run, values), len(run) - 1)
-            found |= run[at] == values
+        todo, slot, last = np.arange(len(values)), self._home(bands, values), self._value.size - 1
+        while todo.size > _FEW:
+            there = self._band[slot]
+            hit = (there == bands[todo]) & (self._value[slot] == values[todo])
+            found[todo[hit]] = True
+            on = ~hit & (there != 0)  # an empty slot ends the probe: not in the set
+            todo, slot = todo[on], (slot[on] + 1) & last
+        for i, at in zip(todo.tolist(), slot.tolist(), strict=True):  # the last few, in turn
+            while self._band[at] and not (self._band[at] == bands[i]
+                                          and self._value[at] == values[i]):
+                at = (at + 1) & last
+            found[i] = self._band[at] != 0
         return found
 
-    def _add(self, band: int, values: np.ndarray) -> None:
-        runs = self._runs.setdefault(band, [])
-        run = np.unique(values)
-        while runs and len(runs[-1]) <= 2 * len(run):  # runs shrink geometrically
-            run = np.union1d(runs.pop(), run)
-        runs.append(run)
+    def _insert(self, bands: np.ndarray, values: np.ndarray) -> None:
+        if 2 * (self._used + len(values)) > self._value.size:
+            self._grow(self._used + len(values))
+        todo, slot, last = np.arange(len(values)), self._home(bands, values), self._value.size - 1
+        while todo.size > _FEW:
+            free = np.flatnonzero(self._band[slot] == 0)
+            _, first = np.unique(slot[free], return_index=True)  # one key a free slot
+            won = free[first]
+            self._band[slot[won]] = bands[todo[won]]
+            self._value[slot[won]] = values[todo[won]]
+            on = np.ones(todo.size, dtype=bool)
+            on[won] = False
+            todo, slot = todo[on], (slot[on] + 1) & last
+        for i, at in zip(todo.tolist(), slot.tolist(), strict=True):  # the last few, in turn
+            while self._band[at]:
+                at = (at + 1) & last
+            self._band[at], self._value[at] = bands[i], values[i]
+        self._used += len(values)
+
+    def _grow(self, need: int) -> None:
+        size = self._value.size
+        while 2 * need > size:
+            size *= 2
+        full = self._band != 0
+        bands, values = self._band[full], self._value[full]
+        del full
+        self._band = self._value = np.zeros(0)  # the old table goes before the new comes
+        self._band = np.zeros(size, dtype=np.uint16)
+        self._value = np.zeros(size, dtype=np.uint64)
+        self._used = 0
+        self._insert(bands, values)
+
+
+def _bad(key: object) -> str:
+    return f"near-dup key {key!r} is not '<band>:<16 hex digits>'"
