@@ -4,7 +4,7 @@ Each text gets ``bands`` keys; two texts sharing any key are near duplicates (fo
 8 rows, texts with Jaccard similarity 0.77 collide half of the time, 0.9 almost always).
 Keys are short strings (``"<band>:<16 hex digits>"``), so a work unit can hand its rows' keys
 to the commit step, which removes near duplicates across units without reading the shards.
-The commit keeps them in a :class:`KeySet`: 8 bytes a key, whatever the number of records.
+The commit keeps them in a :class:`KeySet`: (band, 64-bit) pairs in a numpy hash table.
 """
 
 from __future__ import annotations

@@ -107,8 +107,9 @@ class Selection:
 def select(results: Iterable[dict[str, Any]], count: int) -> Selection:
     """The first ``count`` records of the batches' ``results`` (in stream order) that share
     no near-dup key with an earlier kept record. Results are taken one at a time and not
-    kept, and the kept keys are 8 bytes each (:class:`KeySet`): memory grows with the
-    records by those bytes and 4 a kept row, whatever the results hold."""
+    kept, and the kept keys live in a numpy hash table (:class:`KeySet`, 10 bytes a slot,
+    at most half full): memory grows with the records by that table and 4 bytes a kept row,
+    whatever the results hold."""
     index = KeySet()
     selection = Selection([], 0, Counter(), 0, 0, 0)
     last = -1
