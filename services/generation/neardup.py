@@ -21,6 +21,7 @@ _WORD = re.compile(r"\w+")
 _BAND = re.compile(r"(0|[1-9][0-9]*):")
 _HEX = re.compile(r"[0-9a-f]*")
 _FEW = 48  # keys left to probe for which a Python loop costs less than numpy's calls
+_CHUNK = 1 << 16  # keys moved at a time when the table grows
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads any keys' bits
 SHINGLE = 5
 
@@ -218,7 +219,8 @@ class KeySet:
         self._band = np.zeros(size, dtype=np.uint16)
         self._value = np.zeros(size, dtype=np.uint64)
         self._used = 0
-        self._insert(bands, values)
+        for lo in range(0, len(values), _CHUNK):  # its temporaries stay small
+            self._insert(bands[lo:lo + _CHUNK], values[lo:lo + _CHUNK])
 
 
 def _bad(key: object) -> str:
