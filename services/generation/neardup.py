@@ -77,10 +77,6 @@ class KeySet:
         self._value = np.zeros(1 << 12, dtype=np.uint64)
         self._used = 0
 
-    @property
-    def nbytes(self) -> int:
-        return self._band.nbytes + self._value.nbytes
-
     def add_first(self, records: Sequence[Sequence[str]], limit: int) -> tuple[list[int], int]:
         """Keep records in order, each one whose keys are in neither the set nor an earlier
         kept record's, until ``limit`` are kept; add the kept records' keys. Returns the
