@@ -59,6 +59,10 @@ class NearDupIndex:
 class KeyFormatError(ValueError):
     """A key that is not ``"<band>:<16 lowercase hex digits>"``."""
 
+    def __init__(self, key: object) -> None:
+        super().__init__(f"near-dup key {key!r} is not '<band>:<16 hex digits>'")
+        self.key = key
+
 
 class KeySet:
     """The band keys of kept texts as (band, 64-bit integer) pairs in one open-addressing
@@ -87,13 +91,18 @@ class KeySet:
         owner = np.repeat(np.arange(len(records)), lengths)
         seen_before = np.zeros(len(records), dtype=bool)
         seen_before[owner[self._contains(bands, values)]] = True
+        # Records sharing a key with another of this call depend on which of them came
+        # first: only those are decided one by one. A record's fate does not depend on
+        # later ones, so the kept are the first ``limit`` of those kept without a limit.
         order = np.lexsort((values, bands))
-        bands_sorted, values_sorted = bands[order], values[order]
-        if ((bands_sorted[1:] == bands_sorted[:-1])
-                & (values_sorted[1:] == values_sorted[:-1])).any():
-            kept = self._first_in_order(records, seen_before, limit)  # records share keys
-        else:
-            kept = np.flatnonzero(~seen_before)[:max(limit, 0)].tolist()
+        same = np.flatnonzero((bands[order][1:] == bands[order][:-1])
+                              & (values[order][1:] == values[order][:-1]))
+        sharing = np.zeros(len(records), dtype=bool)
+        sharing[owner[order[same]]] = sharing[owner[order[same + 1]]] = True
+        new = ~seen_before
+        new[sharing] = False
+        new[self._first_in_order(records, np.flatnonzero(sharing & ~seen_before))] = True
+        kept = np.flatnonzero(new)[:max(limit, 0)].tolist()
         if limit <= 0:
             looked = 0
         elif len(kept) == limit:
@@ -108,17 +117,16 @@ class KeySet:
         return kept, looked
 
     @staticmethod
-    def _first_in_order(records: Sequence[Sequence[str]], seen_before: np.ndarray,
-                        limit: int) -> list[int]:
+    def _first_in_order(records: Sequence[Sequence[str]], candidates: np.ndarray) -> list[int]:
+        """Of ``candidates`` (positions, in order), those sharing no key with an earlier
+        one kept."""
         kept: list[int] = []
-        here: set[str] = set()  # keys of the records kept from this call
-        for pos, keys in enumerate(records):
-            if len(kept) == limit:
-                break
-            if seen_before[pos] or any(k in here for k in keys):
-                continue
-            here.update(keys)
-            kept.append(pos)
+        here: set[str] = set()  # keys of the records kept so far
+        for pos in candidates.tolist():
+            keys = records[pos]
+            if not any(k in here for k in keys):
+                here.update(keys)
+                kept.append(pos)
         return kept
 
     def _parse(self, records: Sequence[Sequence[str]], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,13 +152,11 @@ class KeySet:
                                 count=len(keys))
             digits = "".join(k[-16:] for k in keys)
         except TypeError:  # not a string
-            raise KeyFormatError(_bad(next(k for k in keys if not isinstance(k, str)))) \
-                from None
-        except KeyFormatError as exc:
-            raise KeyFormatError(_bad(next(k for k in keys if k[:-16] == exc.args[0]))) \
-                from None
+            raise KeyFormatError(next(k for k in keys if not isinstance(k, str))) from None
+        except KeyFormatError as exc:  # a bad head: say which key
+            raise KeyFormatError(next(k for k in keys if k[:-16] == exc.key)) from None
         if not _HEX.fullmatch(digits):
-            raise KeyFormatError(_bad(next(k for k in keys if not _HEX.fullmatch(k[-16:]))))
+            raise KeyFormatError(next(k for k in keys if not _HEX.fullmatch(k[-16:])))
         values = np.frombuffer(bytes.fromhex(digits), dtype=">u8").astype(np.uint64)
         return bands, values
 
@@ -217,7 +223,3 @@ class KeySet:
         self._used = 0
         for lo in range(0, len(values), _CHUNK):  # its temporaries stay small
             self._insert(bands[lo:lo + _CHUNK], values[lo:lo + _CHUNK])
-
-
-def _bad(key: object) -> str:
-    return f"near-dup key {key!r} is not '<band>:<16 hex digits>'"

@@ -106,13 +106,14 @@ class Selection:
 
 def select(results: Iterable[dict[str, Any]], count: int) -> Selection:
     """The first ``count`` records of the batches' ``results`` (in stream order) that share
-    no near-dup key with an earlier kept record. Results are taken one at a time and not
-    kept, and the kept keys live in a numpy hash table (:class:`KeySet`, 10 bytes a slot,
-    at most half full): memory grows with the records by that table and 4 bytes a kept row,
-    whatever the results hold."""
+    no near-dup key with an earlier kept record. Results are let go once decided (a group
+    of ``GROUP`` records at a time), and the kept keys live in a numpy hash table
+    (:class:`KeySet`, 10 bytes a slot, at most half full): memory grows with the records by
+    that table and 4 bytes a kept row, whatever the results hold."""
     index = KeySet()
     selection = Selection([], 0, Counter(), 0, 0, 0)
-    last = -1
+    group: list[dict[str, Any]] = []
+    size, last = 0, -1
     for result in results:
         start = result["start"]
         if start <= last:
@@ -122,20 +123,41 @@ def select(results: Iterable[dict[str, Any]], count: int) -> Selection:
         selection.drops.update(result["drops"])
         selection.specs += result["count"]
         selection.usage.update({k: result["usage"].get(k) or 0 for k in USAGE_KEYS})
-        keys = result["keys"]
-        try:
-            positions, looked = index.add_first(keys, count - selection.kept)
-        except KeyFormatError as exc:
-            raise GenerationError(f"batch at spec {start}: {exc}") from None
-        if looked > len(positions):
-            selection.drops["near_dup"] += looked - len(positions)
-        selection.surplus += len(keys) - looked
-        if positions:
-            selection.kept += len(positions)
-            selection.tokens += sum(result["tokens"][p] for p in positions)
-            selection.rows.append(Chosen(start, result["shard"],
-                                         np.asarray(positions, dtype=np.uint32)))
+        group.append(result)
+        size += len(result["keys"])
+        if size >= GROUP:
+            _decide(index, group, count, selection)
+            group, size = [], 0
+    _decide(index, group, count, selection)
     return selection
+
+
+#: Records decided together: a few batches' keys per lookup (fewer numpy calls a record).
+GROUP = 4096
+
+
+def _decide(index: KeySet, group: list[dict[str, Any]], count: int,
+            selection: Selection) -> None:
+    """Add a group of batches' first new records (up to ``count`` in all) to ``selection``."""
+    records = [keys for result in group for keys in result["keys"]]
+    try:
+        positions, looked = index.add_first(records, count - selection.kept)
+    except KeyFormatError as exc:
+        bad = next(r for r in group if any(exc.key in keys for keys in r["keys"]))
+        raise GenerationError(f"batch at spec {bad['start']}: {exc}") from None
+    if looked > len(positions):
+        selection.drops["near_dup"] += looked - len(positions)
+    selection.surplus += len(records) - looked
+    kept = np.asarray(positions, dtype=np.int64)
+    offset = 0
+    for result in group:
+        lo, hi = np.searchsorted(kept, [offset, offset + len(result["keys"])])
+        mine = (kept[lo:hi] - offset).astype(np.uint32)
+        offset += len(result["keys"])
+        if mine.size:
+            selection.kept += mine.size
+            selection.tokens += sum(result["tokens"][p] for p in mine.tolist())
+            selection.rows.append(Chosen(result["start"], result["shard"], mine))
 
 
 def _publish(output: str, kind: str, selection: Selection) -> list[ShardInfo]:

@@ -12,6 +12,7 @@ import pytest
 
 from primer.datasets import open_dataset, write_shard
 from primer.executor import WorkUnit, run_unit
+from services.generation import run
 from services.generation.batch import SCHEMAS, shard_name
 from services.generation.config import GenerateConfig
 from services.generation.run import GenerationError, commit_unit, select, units_for, work_uri
@@ -135,10 +136,14 @@ def reference(results: list[dict], count: int) -> tuple[list[tuple[int, list[int
     return chosen, drops, kept, surplus
 
 
-@pytest.mark.parametrize(("seed", "bands"), [(0, 8), (1, 8), (2, 12), (3, 1)])
-def test_select_makes_the_same_first_come_decisions_as_one_set_of_keys(seed, bands):
+@pytest.mark.parametrize(("seed", "bands", "group"),
+                         [(0, 8, 4096), (1, 8, 100), (2, 12, 100), (3, 1, 1)])
+def test_select_makes_the_same_first_come_decisions_as_one_set_of_keys(seed, bands, group,
+                                                                        monkeypatch):
     """Many batches whose records share random bands with earlier ones (kept or dropped,
-    in an earlier batch or their own); two-digit bands take the general parser."""
+    in an earlier batch or their own), decided a few batches at a time or all at once;
+    two-digit bands take the general parser."""
+    monkeypatch.setattr(run, "GROUP", group)
     rng = random.Random(seed)
     names = [f"r{i}" for i in range(3000)]
     results = []
@@ -161,10 +166,15 @@ def test_select_makes_the_same_first_come_decisions_as_one_set_of_keys(seed, ban
 
 
 def test_a_malformed_key_is_named_with_its_batch():
-    bad = {"start": 60, "count": 1, "shard": None, "drops": {}, "usage": {}, "tokens": [1],
-           "keys": [["0:" + "a" * 16, "1:XYZ"]]}
+    good = {"start": 0, "count": 1, "shard": None, "drops": {}, "usage": {}, "tokens": [1],
+            "keys": [["0:" + "b" * 16]]}
+    bad = {**good, "start": 60, "keys": [["0:" + "a" * 16, "1:XYZ"]]}
     with pytest.raises(GenerationError, match=r"batch at spec 60: near-dup key '1:XYZ'"):
-        select([bad], 5)
+        select([good, bad], 5)
+    with pytest.raises(GenerationError, match=r"batch at spec 60: near-dup key 7 is not"):
+        select([good, {**bad, "keys": [["1:" + "c" * 16, 7]]}], 5)
+    with pytest.raises(GenerationError, match=r"batch at spec 60: near-dup key '01:"):
+        select([good, {**bad, "keys": [["01:" + "c" * 16]]}], 5)
 
 
 def test_the_bench_selects_the_same_records_as_the_code_it_replaced(tmp_path):
