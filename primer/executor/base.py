@@ -194,11 +194,12 @@ class Markers:
     of these per run; :func:`~primer.executor.plan.reconcile` starts each tick with
     :meth:`clear_tick`, and the door clears it again once the tick is over. Within a tick a
     state's markers are listed once and each marker is read at most once, whoever asks (the
-    planner, ``reconcile``, the progress reader). Across ticks, what was made from finished
-    markers is kept (:meth:`result`, :meth:`derive`), because :func:`run_unit` writes a marker
-    once and never rewrites it; whole markers are not (a batch's result can be large), so
-    what a tick keeps is what the next tick needs. Without a kept instance (a new one per
-    call) every marker is read again, as a planner that restarts must.
+    planner, ``reconcile``, the progress reader), while they fit in ``TICK_BYTES``. Across
+    ticks, what was made from finished markers is kept (:meth:`result`, :meth:`derive`),
+    because :func:`run_unit` writes a marker once and never rewrites it; whole markers are
+    not (a batch's result can be large), so what a tick keeps is what the next tick needs.
+    Without a kept instance (a new one per call) every marker is read again, as a planner
+    that restarts must.
 
     What the cache cannot hide: a kept value is trusted only while this tick's listing shows
     each marker it was made from with the size it had then. A deleted marker (a user deleting
@@ -206,13 +207,19 @@ class Markers:
     everything made from it is forgotten; a marker written again later is read again.
     """
 
+    #: Whole markers (bytes as listed) a tick keeps for its other readers. Past it a marker
+    #: is read again when asked again, so a tick's memory does not grow with the run (a
+    #: generation run's batch markers hold every record's near-dup keys).
+    TICK_BYTES = 32 * 2**20
+
     def __init__(self) -> None:
         self._listings: dict[str, tuple[Storage, dict[str, int]]] = {}
         """This tick's listings: state URI → (state, {unit id: marker size})."""
         self._failures: dict[str, set[str]] = {}
         """This tick's failure records: state URI → unit ids."""
         self._read: dict[tuple[str, str], dict[str, Any] | None] = {}
-        """This tick's markers read: (state URI, unit id) → marker."""
+        """This tick's markers read: (state URI, unit id) → marker (up to ``TICK_BYTES``)."""
+        self._read_bytes = 0
         self._kept: dict[str, dict[str, tuple[dict[str, int | None], Any]]] = {}
         """For the run's life: state URI → {name: (marker sizes it was made from, value)}."""
 
@@ -222,6 +229,7 @@ class Markers:
         self._listings.clear()
         self._failures.clear()
         self._read.clear()
+        self._read_bytes = 0
 
     def done(self, state: Storage) -> set[str]:
         """Ids of the units of ``state`` with a marker (listed once per tick)."""
@@ -237,9 +245,14 @@ class Markers:
         """The marker of ``unit_id`` if this tick's listing shows it (read once per tick)."""
         if unit_id not in self._listing(state):
             return None
-        if (state.uri, unit_id) not in self._read:
-            self._read[state.uri, unit_id] = read_marker(state, unit_id)
-        return self._read[state.uri, unit_id]
+        if (state.uri, unit_id) in self._read:
+            return self._read[state.uri, unit_id]
+        marker = read_marker(state, unit_id)
+        size = self._listing(state)[unit_id]
+        if self._read_bytes + size <= self.TICK_BYTES:
+            self._read[state.uri, unit_id] = marker
+            self._read_bytes += size
+        return marker
 
     def result(self, state: Storage, unit_id: str) -> Any:
         """What a completed unit returned, kept for the run (a stage's plan, a threshold);

@@ -104,10 +104,11 @@ class GenerationPlanner(Planner[GenerationTarget]):
                             f"round {round_}")
             finished += [u.id for u in units]
             planned, round_ = stop, round_ + 1
-            # A finished round's selection is kept in a door's memo (without its rows: they
-            # hold the batches' results): it is most of what a tick costs.
+            # A finished round's selection is kept in a door's memo (without its rows: only
+            # the commit needs them): it is most of what a tick costs. The batches' results
+            # are streamed into it, one at a time.
             selection = markers.derive(state, f"selection-{planned}", finished, lambda ids=(
-                tuple(finished)): _counts(select([_result(markers, state, i) for i in ids],
+                tuple(finished)): _counts(select((_result(markers, state, i) for i in ids),
                                                  count)))
             if selection.kept >= count:
                 break

@@ -17,11 +17,13 @@ Layout under ``output``: ``part-*.parquet`` shards and ``_manifest.json`` (the d
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from primer.config import config_hash
@@ -35,10 +37,10 @@ from primer.datasets import (
 )
 from primer.executor import Executor, WorkUnit, completed_ids, marker_result
 from primer.executor.plan import Step, drive
-from primer.storage import open_storage
+from primer.storage import Storage, open_storage
 from services.generation.batch import SCHEMAS, shard_name
 from services.generation.config import GenerateConfig
-from services.generation.neardup import NearDupIndex
+from services.generation.neardup import KeyFormatError, KeySet
 from services.generation.taxonomy import load_taxonomy
 
 UNIT_FN = "services.generation.batch:generate_batch"
@@ -79,37 +81,83 @@ def units_for(kind: str, output: str, config: GenerateConfig, start: int, stop: 
             for s in range(start, stop, size)]
 
 
+class Chosen(NamedTuple):
+    """The rows a batch contributes: positions in its shard (kept in 4 bytes a row)."""
+
+    start: int
+    shard: dict[str, Any] | None
+    positions: np.ndarray
+
+
 @dataclass
 class Selection:
     """The first ``count`` valid records in stream order: which rows of which shard."""
 
-    rows: list[tuple[dict[str, Any], list[int]]]
-    """(unit result, kept row positions in its shard), for units contributing rows."""
+    rows: list[Chosen]
+    """The batches contributing rows, in stream order."""
     kept: int
     drops: Counter
     surplus: int
     specs: int
     tokens: int
+    usage: Counter = field(default_factory=Counter)
+    """The teacher's usage summed over every batch (:data:`USAGE_KEYS`)."""
 
 
-def select(results: list[dict[str, Any]], count: int) -> Selection:
-    index = NearDupIndex()
-    chosen, drops, kept, surplus, tokens = [], Counter(), 0, 0, 0
-    for result in sorted(results, key=lambda r: r["start"]):
-        drops.update(result["drops"])
-        positions = []
-        for pos, keys in enumerate(result["keys"]):
-            if kept == count:
-                surplus += 1
-            elif not index.add(keys):
-                drops["near_dup"] += 1
-            else:
-                positions.append(pos)
-                kept += 1
-                tokens += result["tokens"][pos]
-        if positions:
-            chosen.append((result, positions))
-    return Selection(chosen, kept, drops, surplus, sum(r["count"] for r in results), tokens)
+def select(results: Iterable[dict[str, Any]], count: int) -> Selection:
+    """The first ``count`` records of the batches' ``results`` (in stream order) that share
+    no near-dup key with an earlier kept record. Results are let go once decided (a group
+    of ``GROUP`` records at a time), and the kept keys live in a numpy hash table
+    (:class:`KeySet`, 10 bytes a slot, at most half full): memory grows with the records by
+    that table and 4 bytes a kept row, whatever the results hold."""
+    index = KeySet()
+    selection = Selection([], 0, Counter(), 0, 0, 0)
+    group: list[dict[str, Any]] = []
+    size, last = 0, -1
+    for result in results:
+        start = result["start"]
+        if start <= last:
+            raise GenerationError(f"batch at spec {start} after the batch at spec {last}: "
+                                  "batches are selected in stream order")
+        last = start
+        selection.drops.update(result["drops"])
+        selection.specs += result["count"]
+        selection.usage.update({k: result["usage"].get(k) or 0 for k in USAGE_KEYS})
+        group.append(result)
+        size += len(result["keys"])
+        if size >= GROUP:
+            _decide(index, group, count, selection)
+            group, size = [], 0
+    _decide(index, group, count, selection)
+    return selection
+
+
+#: Records decided together: a few batches' keys per lookup (fewer numpy calls a record).
+GROUP = 4096
+
+
+def _decide(index: KeySet, group: list[dict[str, Any]], count: int,
+            selection: Selection) -> None:
+    """Add a group of batches' first new records (up to ``count`` in all) to ``selection``."""
+    records = [keys for result in group for keys in result["keys"]]
+    try:
+        positions, looked = index.add_first(records, count - selection.kept)
+    except KeyFormatError as exc:
+        bad = next(r for r in group if any(exc.key in keys for keys in r["keys"]))
+        raise GenerationError(f"batch at spec {bad['start']}: {exc}") from None
+    if looked > len(positions):
+        selection.drops["near_dup"] += looked - len(positions)
+    selection.surplus += len(records) - looked
+    kept = np.asarray(positions, dtype=np.int64)
+    offset = 0
+    for result in group:
+        lo, hi = np.searchsorted(kept, [offset, offset + len(result["keys"])])
+        mine = (kept[lo:hi] - offset).astype(np.uint32)
+        offset += len(result["keys"])
+        if mine.size:
+            selection.kept += mine.size
+            selection.tokens += sum(result["tokens"][p] for p in mine.tolist())
+            selection.rows.append(Chosen(result["start"], result["shard"], mine))
 
 
 def _publish(output: str, kind: str, selection: Selection) -> list[ShardInfo]:
@@ -117,15 +165,36 @@ def _publish(output: str, kind: str, selection: Selection) -> list[ShardInfo]:
     else a filtered copy (``part-<start>-k<rows>.parquet``)."""
     store = open_storage(output)
     shards = []
-    for result, positions in selection.rows:
-        info = ShardInfo(**result["shard"])
+    for start, shard, positions in selection.rows:
+        info = ShardInfo(**shard)
         if len(positions) < info.rows:
             with store.open_read(info.name) as f:
                 table = pq.read_table(f).take(positions)
-            name = shard_name(result["start"]).replace(".parquet", f"-k{len(positions)}.parquet")
+            name = shard_name(start).replace(".parquet", f"-k{len(positions)}.parquet")
             info = write_shard(store, name, table, SCHEMAS[kind])
         shards.append(info)
     return shards
+
+
+def _results(state: Storage, units: list[WorkUnit], stop: int) -> Iterator[dict[str, Any]]:
+    """Each batch's result in stream order, read a few ahead (storage latency) and let go
+    once yielded: the commit never holds more than ``READ_AHEAD`` of them."""
+    with ThreadPoolExecutor(4) as pool:
+        pending: deque[Future] = deque()
+        for unit in [*units, None]:
+            if unit is not None:
+                pending.append(pool.submit(marker_result, state, unit.id))
+            while pending and (unit is None or len(pending) > READ_AHEAD):
+                result = pending.popleft().result()
+                if result is None:
+                    raise GenerationError(f"{state.uri}: commit before every batch of specs "
+                                          f"[0, {stop}) completed; the planner sends the "
+                                          "commit last")
+                yield result
+
+
+#: Batch markers read ahead of the one being selected.
+READ_AHEAD = 8
 
 
 def commit_unit(kind: str, count: int, output: str, stop: int, teacher: dict[str, Any],
@@ -135,20 +204,12 @@ def commit_unit(kind: str, count: int, output: str, stop: int, teacher: dict[str
     config = GenerateConfig(teacher=teacher, generation=settings, sandbox=sandbox)
     gen = config.generation
     state = open_storage(work_uri(output))
-    results = [marker_result(state, u.id)
-               for u in units_for(kind, output, config, 0, stop)]
-    if any(r is None for r in results):
-        raise GenerationError(f"{output}: commit before every batch of specs [0, {stop}) "
-                              "completed; the planner sends the commit last")
-    selection = select(results, count)
+    selection = select(_results(state, units_for(kind, output, config, 0, stop), stop), count)
     if selection.kept < count and not gen.allow_fewer:
         raise GenerationError(f"only {selection.kept} of {count} valid records in {stop} specs")
-    usage: Counter = Counter()
-    for r in results:
-        usage.update({k: r["usage"].get(k) or 0 for k in USAGE_KEYS})
     metadata = {**request_of(kind, count, config), "valid": selection.kept,
                 "specs": selection.specs, "surplus_valid": selection.surplus,
-                "teacher": config.teacher.model, "usage": dict(usage),
+                "teacher": config.teacher.model, "usage": dict(selection.usage),
                 "selection": "first `count` valid records of the seeded spec stream"}
     manifest = commit_dataset(output, _publish(output, kind, selection),
                               Producer(f"generate-{kind}", producer_hash(config)),

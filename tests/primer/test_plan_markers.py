@@ -32,7 +32,7 @@ FAKE_BATCH = "tests.primer.test_plan_markers:fake_batch"
 def fake_batch(start: int, count: int, valid: int) -> dict:
     """A batch unit's result (as ``generate_batch`` returns it) with ``valid`` distinct
     records and the rest refused; no teacher, no shard."""
-    keys = [[f"{start}-{i}-{band}" for band in range(8)] for i in range(valid)]
+    keys = [[f"{band}:{start:08x}{i:08x}" for band in range(8)] for i in range(valid)]
     return {"start": start, "count": count, "shard": None, "drops": {"refusal": count - valid},
             "usage": {"completion_tokens": 10 * valid, "requests": count},
             "indices": list(range(start, start + valid)), "tokens": [10] * valid, "keys": keys}
@@ -139,6 +139,27 @@ def test_a_second_tick_reads_no_finished_round_marker_again(tmp_path, calls, mon
     calls.clear()
     reconcile(plan, target, first.job, lambda job: 0)
     assert calls.marker_reads() == finished and len(selections) == 2  # one per round
+
+
+def test_a_tick_keeps_whole_markers_only_within_its_budget(tmp_path, calls, monkeypatch):
+    """Batch markers that outgrow ``TICK_BYTES`` (issue 16: they hold every record's keys)
+    are read again by the tick's next reader instead of piling up in the door's memory;
+    the plan and the progress are the same."""
+    out = str(tmp_path / "gen")
+    round2 = two_rounds_done(out)
+    plan, target = GenerationPlanner(), target_at(out)
+    roomy = Markers()
+    reconcile(plan, target, None, lambda job: 0, roomy)
+    expected = progress.unit_stats(out, roomy)
+
+    monkeypatch.setattr(Markers, "TICK_BYTES", 0)
+    markers = Markers()
+    calls.clear()
+    tick = reconcile(plan, target, None, lambda job: 0, markers)
+    assert progress.unit_stats(out, markers) == expected and tick.job == round2.job.name
+    # Round 0's 5 markers for its selection, all 9 for rounds 0-1's, 9 for the progress.
+    assert calls.marker_reads() == 5 + 9 + 9 and calls.marker_listings() == 1
+    assert markers._read == {}
 
 
 def test_markers_deleted_under_a_run_are_not_trusted_from_the_memo(tmp_path, calls):
