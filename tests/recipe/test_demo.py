@@ -19,8 +19,9 @@ from recipe import demo as demo_module
 from recipe import report
 from tests.browser import open_page
 
-# the demo's stages are real training runs: minutes on 2 cores
-pytestmark = pytest.mark.slow
+# the demo's stages are real training runs: minutes on 2 cores; the first test also runs the
+# module's demo, under the subprocess's own hang guard (900 s), so the test's limit is above it
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1000)]
 
 PRIMER = str(Path(sys.executable).parent / "primer")
 
