@@ -38,11 +38,11 @@ from primer.executor import LocalExecutor, read_marker  # noqa: E402
 from primer.storage import open_storage  # noqa: E402
 
 # base input at 1× and the unit size (fixed, so units grow with the input)
-BASES = {"curation": 100, "packing": 250_000, "decontamination": 96, "generation": 32}
-TOY_BASES = {"curation": 60, "packing": 40_000, "decontamination": 8, "generation": 4}
+BASES = {"curation": 100, "packing": 250_000, "decontamination": 8, "generation": 32}
+TOY_BASES = {"curation": 60, "packing": 40_000, "decontamination": 4, "generation": 4}
 FILES_PER_UNIT = 50
 TOKENS_PER_SHARD = 100_000
-ROWS_PER_UNIT = 32
+ROWS_PER_UNIT = 4  # rows of 8,000 characters; bench/decontaminate.py measures a 4,096-row unit
 BATCH = 16
 INPUT = {"curation": "files", "packing": "tokens", "decontamination": "rows",
          "generation": "textbooks"}
@@ -271,7 +271,9 @@ def summarise(stage: str, sizes: list[int], runs: list[dict]) -> dict:
             "unit_rss_ratio": ratio("unit_peak_mib"), "rss_ratio": rss,
             "time_ratio": ratio("seconds"), "units_ratio": ratio("units"),
             "rss_within_1_3": rss <= 1.3, "time_at_most_linear": ratio("seconds") <= growth}
-    whole = [{"size": s, "units": sum(j["units"] for j in r["jobs"]), "seconds": r["seconds"],
+    # the stage's jobs, not the preparation of its input (writing it, training a tokenizer)
+    whole = [{"size": s, "units": sum(j["units"] for j in r["jobs"]),
+              "seconds": round(sum(j["seconds"] for j in r["jobs"]), 2),
               "coordinator_peak_mib": max(j["coordinator_peak_mib"] for j in r["jobs"]),
               "unit_peak_mib": max(j["unit_peak_mib"] for j in r["jobs"])}
              for s, r in zip(sizes, runs, strict=True)]
@@ -322,6 +324,29 @@ def project(small: dict, big: dict, n_paper: int) -> dict[str, dict]:
     return out
 
 
+def measured_table(result: dict) -> str:
+    """Markdown: per stage and job, units, seconds and peak RSS at every size, the ratios of
+    the largest to the smallest, and the load average around each run."""
+    rows = ["| stage / job | units | seconds | coordinator MiB | unit process MiB | RSS ratio "
+            "| time ratio (input ×) | within 1.3× RSS, ≤ linear time |", "|" + "---|" * 8]
+    for name, st in result["stages"].items():
+        runs = st["runs"]
+
+        def col(key: str, runs=runs) -> str:
+            return " → ".join(f"{r[key]:g}" for r in runs)
+        verdict = ("yes" if st["rss_within_1_3"] else "**RSS > 1.3×**") + ", " + (
+            "yes" if st["time_at_most_linear"] else "**time > linear**")
+        bold = "**" if "/" not in name else ""
+        rows.append(f"| {bold}{name}{bold} | {col('units')} | {col('seconds')} | "
+                    f"{col('coordinator_peak_mib')} | {col('unit_peak_mib')} | "
+                    f"{st['rss_ratio']} | {st['time_ratio']} ({st['input_growth']:g}) | "
+                    f"{verdict} |")
+    loads = [f"{stage} {r['input']:,}: {r['load_average'][0]:.1f} → {r['load_average'][3]:.1f}"
+             for stage, runs in result["raw"].items() for r in runs]
+    return "\n".join(rows) + "\n\nLoad average (1 min) before → after each run: " + \
+        "; ".join(loads) + "."
+
+
 def paper_table(result: dict) -> str:
     """Markdown: per stage and per job, what a paper-scale run needs (from ``result``)."""
     head = ("| stage / job | paper input | units | memory per worker (MiB) | coordinator (MiB) "
@@ -359,7 +384,8 @@ def main() -> None:
                     "from a saved result (e.g. bench/results/scale.json) and exit")
     args = ap.parse_args()
     if args.table:
-        print(paper_table(json.loads(args.table.read_text())))
+        result = json.loads(args.table.read_text())
+        print(measured_table(result) + "\n\n" + paper_table(result))
         return
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.workers)))
@@ -383,15 +409,20 @@ def main() -> None:
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "jobs"}), flush=True)
         result["raw"][stage] = runs
         result["stages"].update(summarise(stage, sizes, runs))
+        write(result, args)  # after every stage: a long run keeps what it measured
     for name, s in result["stages"].items():
         print(f"{name:40s} RSS ×{s['rss_ratio']:<5} time ×{s['time_ratio']:<6} "
               f"(input ×{s['input_growth']:g})"
               f"{'' if s['rss_within_1_3'] else '  RSS > 1.3×'}"
               f"{'' if s['time_at_most_linear'] else '  time > linear'}")
+    write(result, args)
+
+
+def write(result: dict, args: argparse.Namespace) -> None:
     saved = [REPO / "bench" / "results" / "scale.json"] if args.save else []
     for path in saved + ([args.json] if args.json else []):
         path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

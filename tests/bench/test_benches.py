@@ -116,23 +116,24 @@ class Toy:
     args: list[str]  # "{out}" is the JSON the script writes, "{tmp}" a scratch folder
     check: Callable[[dict], None]
     services: list[str] = field(default_factory=list)  # session fixtures it needs
+    timeout_s: int = 600  # a hang guard: the demo and curation have minutes of fixed cost
 
 
 TOYS = {
     "ablation.py": Toy(["--toy", "--root", "{tmp}", "--run", "toy", "--workers", "2",
-                        "--json", "{out}"], check_ablation),
+                        "--json", "{out}"], check_ablation, timeout_s=2400),
     "curation.py": Toy(["--files", "80", "--curate-files", "80", "--workers", "2",
-                        "--out", "{out}"], check_curation),
+                        "--out", "{out}"], check_curation, timeout_s=1200),
     "curation_memory.py": Toy(["--files", "2000", "--json", "{out}"], check_curation_memory),
-    "decontaminate.py": Toy(["--rows", "24", "--peer-rows", "4", "--workers", "1",
-                             "--out", "{out}"], check_decontaminate),
+    "decontaminate.py": Toy(["--rows", "8", "--peer-rows", "2", "--workers", "1",
+                             "--out", "{out}"], check_decontaminate, timeout_s=1200),
     "eval.py": Toy(["--workers", "2", "--rounds", "1", "--json", "{out}"], check_eval),
     "generation.py": Toy(["--concurrency", "4", "--waves", "1", "--rounds", "1",
                           "--latency", "0.01", "--server-procs", "1", "--json", "{out}"],
                          check_generation),
     "packing.py": Toy(["--tokens", "40000", "--workers", "2", "--json", "{out}"],
                       check_packing),
-    "scale.py": Toy(["--toy", "--json", "{out}"], check_scale),
+    "scale.py": Toy(["--toy", "--json", "{out}"], check_scale, timeout_s=1800),
     "storage.py": Toy(["--mib", "2", "--rounds", "1", "--json", "{out}"], check_storage,
                       ["s3_env"]),
     "tick.py": Toy(["--units", "40", "--ticks", "2", "--json", "{out}"], check_tick),
@@ -152,7 +153,8 @@ def load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", sorted(TOYS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.timeout(toy.timeout_s))
+                                  for name, toy in sorted(TOYS.items())])
 def test_bench_script_runs_at_toy_size(name, request, tmp_path, monkeypatch):
     toy = TOYS[name]
     services = {s: request.getfixturevalue(s) for s in toy.services}
