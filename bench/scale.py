@@ -298,24 +298,29 @@ WORKERS = (16, 64, 256)
 
 
 def project(small: dict, big: dict, n_paper: int) -> dict[str, dict]:
-    """Per job: its units and unit-seconds at ``n_paper`` input, scaled linearly from the
-    largest measured run; a job whose units grew with the input keeps its measured unit size
-    (more units), one that did not (a corpus-wide unit) gets longer instead. Peak RSS is the
-    largest run's when it stayed within 1.3× of the smallest's, else extrapolated linearly."""
-    scale = n_paper / big["input"]
+    """Per job: its units and unit-seconds at ``n_paper`` input. A job whose units grew with
+    the input keeps its measured unit size (more units); one that did not (a corpus-wide unit)
+    keeps its count. Unit-seconds follow the line through the smallest and largest runs,
+    ``a + b·n`` (``b`` ≥ 0): work that did not grow with the input (a fixed annotation
+    sample, the classifier trained on it) stays fixed. Peak RSS is the largest run's when it
+    stayed within 1.3× of the smallest's, else extrapolated on the same kind of line."""
+    scale, span = n_paper / big["input"], big["input"] - small["input"]
     jobs_small, out = by_job(small), {}
     for name, j in by_job(big).items():
         s = jobs_small.get(name, j)
         grows = j["units"] > s["units"]
         units = math.ceil(j["units"] * scale) if grows else j["units"]
-        unit_s = j["unit_seconds"] * scale
+        per_input = max(0.0, (j["unit_seconds"] - s["unit_seconds"]) / span)
+        fixed = max(0.0, j["unit_seconds"] - per_input * big["input"])
+        unit_s = fixed + per_input * n_paper
 
         def peak(key: str, j=j, s=s) -> float:
             if not s[key] or j[key] / s[key] <= 1.3:
                 return j[key]
-            slope = (j[key] - s[key]) / (big["input"] - small["input"])
+            slope = (j[key] - s[key]) / span
             return j[key] + slope * (n_paper - big["input"])
         out[name] = {"units": units, "scale": scale, "measured_units": j["units"],
+                     "fixed_s": fixed, "s_per_input": per_input,
                      "measured_unit_seconds": j["unit_seconds"], "unit_seconds": unit_s,
                      "worker_hours": unit_s / 3600, "unit_peak_mib": peak("unit_peak_mib"),
                      "coordinator_peak_mib": peak("coordinator_peak_mib"),
@@ -349,8 +354,9 @@ def measured_table(result: dict) -> str:
 
 def paper_table(result: dict) -> str:
     """Markdown: per stage and per job, what a paper-scale run needs (from ``result``)."""
-    head = ("| stage / job | paper input | units | memory per worker (MiB) | coordinator (MiB) "
-            "| worker-hours | " + " | ".join(f"wall h on {n}" for n in WORKERS) + " |")
+    head = ("| stage / job | paper input (per job: unit-seconds a + b × input) | units "
+            "| memory per worker (MiB) | coordinator (MiB) | worker-hours | "
+            + " | ".join(f"wall h on {n}" for n in WORKERS) + " |")
     rows = [head, "|" + "---|" * (6 + len(WORKERS))]
     for stage, runs in result["raw"].items():
         n_paper, what = PAPER[stage]
@@ -364,7 +370,8 @@ def paper_table(result: dict) -> str:
                     f"{total['mem']:,.0f} | {total['coord']:,.0f} | {total['wh']:,.1f} | "
                     + " | ".join(f"{w:,.2f}" for w in walls) + " |")
         for name, j in jobs.items():
-            rows.append(f"| {stage}/{name} | × {j['scale']:,.0f} of {runs[-1]['input']:,} | "
+            rows.append(f"| {stage}/{name} | {j['fixed_s']:,.1f} s + {j['s_per_input']:.3g} s "
+                        f"× {n_paper:,} | "
                         f"{j['units']:,} | {j['unit_peak_mib']:,.0f} | "
                         f"{j['coordinator_peak_mib']:,.0f} | {j['worker_hours']:,.2f} | "
                         + " | ".join(f"{j['wall_hours'][n]:,.2f}" for n in WORKERS) + " |")
