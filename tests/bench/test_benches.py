@@ -146,9 +146,12 @@ def test_every_bench_script_has_a_toy_run():
     assert sorted(p.name for p in BENCH.glob("*.py")) == sorted(TOYS)
 
 
-def load(name: str):
+def load(name: str, monkeypatch):
+    """The script as a module, registered in ``sys.modules`` so that its functions pickle
+    by name for a process pool (bench/curation.py's signature workers)."""
     spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", BENCH / name)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -160,7 +163,7 @@ def test_bench_script_runs_at_toy_size(name, request, tmp_path, monkeypatch):
     services = {s: request.getfixturevalue(s) for s in toy.services}
     results = BENCH / "results"
     before = {p: p.stat().st_mtime_ns for p in results.iterdir()}
-    module = load(name)
+    module = load(name, monkeypatch)
     if "s3_env" in services:  # the session's S3 server instead of one of its own
         monkeypatch.setattr(module, "s3_server", lambda: contextlib.nullcontext(
             services["s3_env"]))
