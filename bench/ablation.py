@@ -23,6 +23,12 @@ from pathlib import Path
 from recipe import demo, report
 
 HERE = Path(__file__).resolve().parent
+# --toy: the --quick plan cut to the least that still runs every stage and every arm
+TOY = {"files": 80, "annotate_sample": 40, "embed_tokens": 32, "seq_len": 64, "vocab": 512,
+       "pretrain_steps": 2, "textbook_steps": 2, "finetune_steps": 2, "count": 1,
+       "specs_factor": 2.0, "max_tokens_textbook": 16, "max_tokens_exercise": 16,
+       "eval_limit": 1, "eval_new_tokens": 8, "nll_limit": 2, "ablation_steps": 2,
+       "ablation_seeds": (0,), "ablation_eval_limit": 1, "ablation_pass_at_1": False}
 
 
 def summarise(run: Path, wall_s: float, commit: str) -> dict:
@@ -55,26 +61,29 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="storage root (default: a new temp folder)")
     ap.add_argument("--run", default=f"ablation-{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("--quick", action="store_true", help="start from the --quick plan")
+    ap.add_argument("--toy", action="store_true", help="the smallest plan that runs every "
+                    "stage (tests/bench: seconds per stage, numbers meaningless)")
     ap.add_argument("--steps", type=int, help="training steps per arm and seed")
     ap.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     ap.add_argument("--no-pass-at-1", action="store_true", help="NLL only")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", type=Path, default=HERE / "results" / "ablation.json")
     a = ap.parse_args()
-    changes = {}
+    changes = dict(TOY) if a.toy else {}
     if a.steps:
         changes["ablation_steps"] = a.steps
     if a.seeds:
         changes["ablation_seeds"] = tuple(int(s) for s in a.seeds.split(","))
     if a.no_pass_at_1:
         changes["ablation_pass_at_1"] = False
-    plan = dataclasses.replace(demo.QUICK if a.quick else demo.FULL, **changes)
+    quick = a.quick or a.toy
+    plan = dataclasses.replace(demo.QUICK if quick else demo.FULL, **changes)
     root = a.root or subprocess.run(["mktemp", "-d", "/tmp/primer-bench-ablation.XXXXXX"],
                                     capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
     t0 = time.monotonic()
-    path = demo.run(root, a.run, quick=a.quick, workers=a.workers, ablation=True, plan=plan)
+    path = demo.run(root, a.run, quick=quick, workers=a.workers, ablation=True, plan=plan)
     result = summarise(path.parent.parent, time.monotonic() - t0, commit)
     a.json.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

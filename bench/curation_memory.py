@@ -35,8 +35,9 @@ def kib(field):
             return int(line.split()[1])
 base = kib("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")
-fn, kwargs = sys.argv[1], json.loads(sys.argv[2])
-getattr(pipeline, fn)(**kwargs)
+fn, calls = sys.argv[1], json.loads(sys.argv[2])
+for kwargs in calls:
+    getattr(pipeline, fn)(**kwargs)
 peak = kib("VmHWM:")
 print(json.dumps({"peak_mib": round(peak / 1024, 1),
                   "above_start_mib": round((peak - base) / 1024, 1)}))
@@ -60,9 +61,11 @@ def corpus(out: Path, files: int, bands: int) -> int:
     return n_shards
 
 
-def unit(fn: str, **kwargs) -> dict:
-    res = subprocess.run([sys.executable, "-c", _UNIT, fn, json.dumps(kwargs)], cwd=REPO,
-                         capture_output=True, text=True, check=True,
+def unit(fn: str, *more: dict, **kwargs) -> dict:
+    """Peak RSS of one unit in a fresh process (then of ``more`` units after it, whose peak is
+    not wanted: one process for all of them saves an interpreter start each)."""
+    res = subprocess.run([sys.executable, "-c", _UNIT, fn, json.dumps([kwargs, *more])],
+                         cwd=REPO, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -71,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--save", action="store_true", help="write bench/results/")
+    ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args()
     from services.curation.config import CurationConfig
 
@@ -85,8 +89,9 @@ def main() -> None:
             for key in ("exact", "b00"):
                 row[f"bucket_{key}"] = unit("bucket_unit", **shared, key=key)
             pipeline_keys = ["exact"] + [f"b{j:02d}" for j in range(1, 14)]
-            for key in pipeline_keys[1:]:
-                unit("bucket_unit", **shared, key=key)  # the cluster unit reads every bucket
+            # the cluster unit reads every bucket
+            unit("bucket_unit", *({**shared, "key": key} for key in pipeline_keys[2:]),
+                 **shared, key=pipeline_keys[1])
             row["cluster"] = unit("cluster_unit", **shared)
             row["choose"] = unit("choose_unit", **shared)
             rows.append(row)
@@ -101,9 +106,9 @@ def main() -> None:
                         / (b["files"] - a["files"]), 1)
             for unit in ("bucket_exact", "bucket_b00", "cluster", "choose")}
     print(json.dumps(result, indent=1))
-    if args.save:
-        (REPO / "bench" / "results" / "curation_memory.json").write_text(
-            json.dumps(result, indent=1) + "\n")
+    saved = [REPO / "bench" / "results" / "curation_memory.json"] if args.save else []
+    for path in saved + ([args.json] if args.json else []):
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-old", action="store_true", help="only this tree's packing")
     ap.add_argument("--save", action="store_true", help="write bench/results/packing.json")
+    ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from model.tokenizer import save_tokenizer, train_bpe
@@ -205,8 +206,8 @@ def main() -> None:
               "command": " ".join(["bench/packing.py", *sys.argv[1:]]),
               "runs": rows, "summary": summary}
     print(json.dumps(summary, indent=2))
-    if args.save:
-        path = REPO / "bench" / "results" / "packing.json"
+    saved = [REPO / "bench" / "results" / "packing.json"] if args.save else []
+    for path in saved + ([args.json] if args.json else []):
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
 
