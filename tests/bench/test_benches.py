@@ -117,25 +117,29 @@ class Toy:
     check: Callable[[dict], None]
     services: list[str] = field(default_factory=list)  # session fixtures it needs
     timeout_s: int = 600  # a hang guard: the demo and curation have minutes of fixed cost
+    # minutes even at toy size: left to `make bench-toy`, out of `make test` (CI's budget)
+    long: bool = False
     # run as `python bench/NAME`: a fork-based pool forked from pytest's process hangs
     own_process: bool = False
 
 
 TOYS = {
     "ablation.py": Toy(["--toy", "--root", "{tmp}", "--run", "toy", "--workers", "2",
-                        "--json", "{out}"], check_ablation, timeout_s=2400),
+                        "--json", "{out}"], check_ablation, timeout_s=2400,
+                        long=True),
     "curation.py": Toy(["--files", "80", "--curate-files", "80", "--workers", "2",
                         "--out", "{out}"], check_curation, timeout_s=1200, own_process=True),
     "curation_memory.py": Toy(["--files", "2000", "--json", "{out}"], check_curation_memory),
     "decontaminate.py": Toy(["--rows", "8", "--peer-rows", "2", "--workers", "1",
-                             "--out", "{out}"], check_decontaminate, timeout_s=1200),
+                             "--out", "{out}"], check_decontaminate, timeout_s=1200,
+                             long=True),
     "eval.py": Toy(["--workers", "2", "--rounds", "1", "--json", "{out}"], check_eval),
     "generation.py": Toy(["--concurrency", "4", "--waves", "1", "--rounds", "1",
                           "--latency", "0.01", "--server-procs", "1", "--json", "{out}"],
                          check_generation),
     "packing.py": Toy(["--tokens", "40000", "--workers", "2", "--json", "{out}"],
-                      check_packing),
-    "scale.py": Toy(["--toy", "--json", "{out}"], check_scale, timeout_s=1800),
+                      check_packing, long=True),
+    "scale.py": Toy(["--toy", "--json", "{out}"], check_scale, timeout_s=1800, long=True),
     "storage.py": Toy(["--mib", "2", "--rounds", "1", "--json", "{out}"], check_storage,
                       ["s3_env"]),
     "tick.py": Toy(["--units", "40", "--ticks", "2", "--json", "{out}"], check_tick),
@@ -158,8 +162,10 @@ def load(name: str, monkeypatch):
     return module
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.timeout(toy.timeout_s))
-                                  for name, toy in sorted(TOYS.items())])
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.timeout(toy.timeout_s),
+                              *([pytest.mark.bench_toy] if toy.long else [])])
+    for name, toy in sorted(TOYS.items())])
 def test_bench_script_runs_at_toy_size(name, request, tmp_path, monkeypatch):
     toy = TOYS[name]
     services = {s: request.getfixturevalue(s) for s in toy.services}
