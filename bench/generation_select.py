@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-old", action="store_true", help="only this tree's selection")
     ap.add_argument("--save", action="store_true",
                     help="write bench/results/generation_select.json")
+    ap.add_argument("--json", help="also write the report to this file")
     args = ap.parse_args(argv)
 
     rows = []
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      *(sys.argv[1:] if argv is None else argv)]),
               "runs": rows, "summary": summary}
     print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.save:
         path = REPO / "bench" / "results" / "generation_select.json"
         path.write_text(json.dumps(report, indent=2) + "\n")

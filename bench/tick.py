@@ -68,7 +68,7 @@ class Counted:
 
 
 def fake_result(start: int, valid: int) -> dict:
-    keys = [[f"{start:09d}{i:04d}{band:03d}".ljust(16, "0") for band in range(8)]
+    keys = [[f"{band}:{start:08x}{i:08x}" for band in range(8)]  # band_keys' format
             for i in range(valid)]
     return {"start": start, "count": BATCH, "shard": {"name": f"part-{start:09d}.parquet",
                                                       "rows": valid, "bytes": 1, "sha256": ""},

@@ -107,6 +107,13 @@ def check_tick(r: dict) -> None:
     assert r["later_ticks"]["marker_reads"] == 0  # the memo: a later tick reads no marker
 
 
+def check_generation_select(r: dict) -> None:
+    new, old = r["runs"]
+    assert (new["impl"], old["impl"]) == ("new", "old")
+    positive(new, "peak_mib", "kept")
+    assert r["summary"]["same_selection"]  # the same records as the code it replaced
+
+
 def check_train_cpu(r: dict) -> None:
     positive(r, "parameters", "primer_tokens_per_s", "hf_trainer_tokens_per_s", "ratio")
 
@@ -137,6 +144,8 @@ TOYS = {
     "generation.py": Toy(["--concurrency", "4", "--waves", "1", "--rounds", "1",
                           "--latency", "0.01", "--server-procs", "1", "--json", "{out}"],
                          check_generation),
+    "generation_select.py": Toy(["--records", "3000", "--batch", "64", "--json", "{out}"],
+                                check_generation_select),
     "packing.py": Toy(["--tokens", "40000", "--workers", "2", "--json", "{out}"],
                       check_packing, long=True),
     "scale.py": Toy(["--toy", "--json", "{out}"], check_scale, timeout_s=1800, long=True),
