@@ -14,6 +14,7 @@ restricted shape exports the checkpoint first. The report lands in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,7 @@ def _pod(spec: EvaluationJobSpec) -> dict[str, Any]:
             "env": [*env, {"name": "PRIMER_SANDBOX_ALLOW_MISSING",
                            "value": SANDBOX_ALLOW_MISSING}],
             "resources": resources,
-            "securityContext": SANDBOX_SECURITY_CONTEXT,
+            "securityContext": copy.deepcopy(SANDBOX_SECURITY_CONTEXT),  # a Job of its own
             "volumeMounts": [tmp, {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         }],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
