@@ -11,11 +11,18 @@ See :mod:`primer.sandbox.runner` for the layers and how "passed" is decided.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 
 from primer.sandbox.config import SandboxConfig
-from primer.sandbox.runner import SandboxResult, SandboxUnavailable, check_layers, run_program
+from primer.sandbox.runner import (
+    SandboxResult,
+    SandboxUnavailable,
+    Zygote,
+    check_layers,
+    run_program,
+)
 
 __all__ = ["SandboxConfig", "SandboxResult", "SandboxUnavailable", "check_layers", "run_many",
            "run_program", "run_stream"]
@@ -49,12 +56,25 @@ def run_stream(sources: Iterable[str], config: SandboxConfig | None = None, work
     """
     check_layers(config)
     workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: set[Future[tuple[int, SandboxResult]]] = set()
-        for i, source in enumerate(sources):
-            pending.add(pool.submit(lambda i, s: (i, run_program(s, config)), i, source))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        for f in as_completed(pending):
-            yield f.result()
+    own = threading.local()  # each thread forks its programs from its own zygote
+    zygotes: list[Zygote] = []
+
+    def run(i: int, source: str) -> tuple[int, SandboxResult]:
+        if not hasattr(own, "zygote"):
+            own.zygote = Zygote()
+            zygotes.append(own.zygote)
+        return i, run_program(source, config, own.zygote)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: set[Future[tuple[int, SandboxResult]]] = set()
+            for i, source in enumerate(sources):
+                pending.add(pool.submit(run, i, source))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            for f in as_completed(pending):
+                yield f.result()
+    finally:
+        for zygote in zygotes:
+            zygote.close()

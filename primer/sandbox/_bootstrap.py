@@ -1,9 +1,16 @@
 """Runs inside the sandbox: contain first, report what held, then run the program, then sign.
 
-Started as ``python -I -S _bootstrap.py SPEC_JSON`` by :mod:`primer.sandbox.runner` with the
-nonce on stdin. Standard library only: it runs under whichever interpreter the sandbox picked.
-Three processes, so that the program is never the init of its PID namespace (init ignores
-signals it has no handler for, which would change what programs see):
+Started once per worker as ``python -I -S _bootstrap.py SOCKET_FD`` by
+:mod:`primer.sandbox.runner`: a pre-started interpreter (a "zygote") that never runs untrusted
+code itself. Per program it receives a request on the socket (the spec, the environment, the
+nonce, the wall limit; stdout, stderr and the two pipes as file descriptors), forks, and
+answers with the exit status once the program's process group is dead. Forking saves a fresh
+interpreter and its imports per program, which was most of a program's overhead. The forked
+child closes every descriptor but its own five before anything else. Standard library only:
+it runs under whichever interpreter the sandbox picked.
+
+Per program, three processes, so that the program is never the init of its PID namespace
+(init ignores signals it has no handler for, which would change what programs see):
 
 - *outer* (root, host PID namespace): joins the program's cgroups, unshares the mount, IPC,
   network, UTS and PID namespaces, forks the init, waits and exits with the program's status;
@@ -20,8 +27,10 @@ read-only), no ``/proc/*/mem``, and the process is not dumpable, so no other pro
 sandbox uid may read its memory. The guard is not the containment: the kernel layers are.
 """
 
+import contextlib
 import os
 import sys
+import time
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -192,11 +201,46 @@ def _program(libc, spec, layers, setup_fd, status_fd, nonce):
         code = compile(f.read(), "main.py", "exec")
     sys.argv = ["main.py"]
     sys.addaudithook(_guard)
-    exec(code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(status_fd, b"P " + nonce + b"\n")
-    os._exit(0)  # no atexit hooks or lingering threads of the program get a say afterwards
+    try:
+        exec(code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
+    except SystemExit as e:  # as the interpreter exits: an exit is never a pass
+        code = e.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+        _flush_and_exit(0 if code is None else code & 0xFF if isinstance(code, int) else 1)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        _flush_and_exit(1)
+    _flush_and_exit(0, lambda: os.write(status_fd, b"P " + nonce + b"\n"))
+
+
+def _flush_and_exit(code, then=None):
+    """Flush the program's output, then ``then``, then exit: no atexit hooks or lingering
+    threads of the program get a say afterwards."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if then is not None:
+        then()
+    os._exit(code)
+
+
+def _die_like(code):
+    """End by the signal that ``code`` (128 + signal, from init) stands for, so the runner sees
+    a kill as a kill. SIGKILL cannot be reset (it is sent as is); a stop signal, or one whose
+    default is to be ignored, leaves the plain exit code."""
+    import signal
+
+    sig = code - 128
+    stops = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+    if not 0 < sig < signal.NSIG or sig in stops:
+        return
+    if sig != signal.SIGKILL:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            return
+    os.kill(os.getpid(), sig)
 
 
 def _wait_exit(pid):
@@ -207,16 +251,11 @@ def _wait_exit(pid):
             return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def main():
-    spec = __import__("json").loads(sys.argv[1])
+def _contain(libc, spec, nonce):
+    """The outer process of one program (a fresh child of the zygote): never returns."""
     setup_fd, status_fd = spec["setup_fd"], spec["status_fd"]
-    nonce = os.read(0, 128).strip()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
     os.chdir(spec["workdir"])
     layers = []
-    libc = _libc()
     if os.geteuid() == 0:
         _join_cgroups(spec, layers)
         _unshare(libc, spec, layers)
@@ -225,11 +264,7 @@ def main():
         os.close(setup_fd)
         os.close(status_fd)
         code = _wait_exit(init)
-        if code > 128:
-            import signal
-
-            signal.signal(code - 128, signal.SIG_DFL)
-            os.kill(os.getpid(), code - 128)
+        _die_like(code)
         os._exit(code)
     if "mountns" in layers:
         try:
@@ -244,4 +279,100 @@ def main():
     os._exit(_wait_exit(program))
 
 
-main()
+def _child(libc, sock, request, fds):
+    """In the forked child: keep only stdio and the two pipes, then contain. Never returns."""
+    try:
+        out, err, setup_fd, status_fd = fds
+        sock.close()
+        os.setsid()  # its own session and process group: the deadline kills the group
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        keep = sorted({0, 1, 2, setup_fd, status_fd})
+        for low, high in zip(keep, keep[1:] + [_max_fd()], strict=True):
+            os.closerange(low + 1, high)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        spec = dict(request["spec"], setup_fd=setup_fd, status_fd=status_fd)
+        _contain(libc, spec, request["nonce"].encode())
+    except BaseException as e:
+        try:
+            os.write(2, f"sandbox: {type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(70)
+
+
+def _max_fd():
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if 0 < soft < 1 << 20 else 1 << 16
+
+
+def _reap(pid, timeout_s):
+    """Wait for ``pid`` up to ``timeout_s``, SIGKILL its group at the deadline or once it
+    exited (the zombie keeps the group id ours until then), reap it: (returncode, timed out),
+    the returncode as :class:`subprocess.Popen` gives it (``-signal`` when killed)."""
+    import select
+    import signal
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # an old kernel or a sandboxing runtime: poll
+        pidfd = None
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if pidfd is not None:
+                if select.select([pidfd], [], [], left)[0]:
+                    break
+            elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                break
+            else:
+                time.sleep(min(left, 0.005))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    if not timed_out:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    return code, timed_out
+
+
+def serve(sock_fd):
+    """The zygote's loop: one request at a time until the runner closes the socket."""
+    import json
+    import socket
+
+    libc = _libc()
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except (ConnectionError, OSError):
+            return
+        if not msg:
+            return
+        request = json.loads(msg)
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            _child(libc, sock, request, fds)
+        for fd in fds:
+            os.close(fd)
+        code, timed_out = _reap(pid, request["timeout_s"])
+        sock.send(json.dumps({"returncode": code, "timed_out": timed_out,
+                              "duration_s": time.monotonic() - start}).encode())
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

@@ -29,7 +29,6 @@ and exit code 0: ``sys.exit(0)``, ``os._exit(0)``, a kill or a crash can never p
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -37,6 +36,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -146,11 +146,6 @@ def _kill_uid(uid: int) -> None:
         if not found:
             return
         time.sleep(0.01)
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _head(path: str, limit: int) -> str:
@@ -299,8 +294,77 @@ def _default_conceal() -> tuple[str, ...]:
                  if p not in ("/", ""))
 
 
-def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResult:
-    """Run ``source`` as ``main.py`` in a fresh sandbox; never raises for what the program does."""
+class Zygote:
+    """One worker's pre-started bootstrap interpreter (see :mod:`primer.sandbox._bootstrap`):
+    it forks a contained program per request, so a program costs a fork instead of a fresh
+    interpreter and its imports. One request at a time; started on first use, restarted if
+    it died or the interpreter changes; :meth:`close` ends it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._python = ""
+
+    def _start(self, python: str) -> None:
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._proc = subprocess.Popen(
+                [python, "-I", "-S", BOOTSTRAP, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                cwd="/", env=_ENV, start_new_session=True)
+        self._sock, self._python = ours, python
+
+    def run(self, python: str, request: dict, fds: Sequence[int]) -> dict:
+        """Send one program's request with its descriptors; its exit status once it ended."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None or python != self._python:
+                self._start(python)
+            assert self._sock is not None
+            try:
+                socket.send_fds(self._sock, [json.dumps(request).encode()], list(fds))
+                # the zygote enforces the wall limit; this only guards against it wedging
+                self._sock.settimeout(request["timeout_s"] + 60)
+                reply = self._sock.recv(4096)
+            except OSError:
+                self.close()
+                raise
+            if not reply:
+                code = self.close()
+                raise RuntimeError(f"the sandbox's interpreter ended (exit code {code})")
+            return json.loads(reply)
+
+    def close(self) -> int | None:
+        """End the interpreter (it exits when its socket closes); its exit code."""
+        sock, proc, self._sock, self._proc = self._sock, self._proc, None, None
+        if sock is not None:
+            sock.close()
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_program(source: str, config: SandboxConfig | None = None,
+                zygote: Zygote | None = None) -> SandboxResult:
+    """Run ``source`` as ``main.py`` in a fresh sandbox; never raises for what the program does.
+
+    ``zygote``: the worker's pre-started interpreter to fork it from (:func:`run_stream` keeps
+    one per thread); without one, a zygote is started for this program alone.
+    """
+    if zygote is None:
+        with Zygote() as own:
+            return run_program(source, config, own)
     config = config or SandboxConfig()
     root_user = os.geteuid() == 0
     drop = config.drop_privileges and root_user
@@ -325,54 +389,34 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
                 "conceal": list(_default_conceal() if config.conceal_dirs is None
                                 else config.conceal_dirs),
                 "disk_mb": config.disk_mb, "cgroups": cgroups,
-                "required": [x for x in required if x not in _RUNNER_LAYERS],
-                "setup_fd": setup_w, "status_fd": status_w}
+                "required": [x for x in required if x not in _RUNNER_LAYERS]}
         nonce = secrets.token_hex(16)
         env = {**_ENV, "HOME": work, "TMPDIR": work}
         with open(os.path.join(root, "stdout"), "wb") as out, \
                 open(os.path.join(root, "stderr"), "wb") as err:
-            start = time.monotonic()
-            proc = subprocess.Popen(
-                [pick_python(config, drop), "-I", "-S", BOOTSTRAP, json.dumps(spec)],
-                stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=(setup_w, status_w),
-                cwd=work, env=env, start_new_session=True)
+            ended = zygote.run(pick_python(config, drop),
+                               {"spec": spec, "env": env, "nonce": nonce,
+                                "timeout_s": config.timeout_s},
+                               (out.fileno(), err.fileno(), setup_w, status_w))
         for fd in (setup_w, status_w):
             os.close(fd)
             pipes.remove(fd)
-        timed_out = threading.Event()
-
-        def deadline() -> None:
-            timed_out.set()
-            _kill_group(proc.pid)
-
-        timer = threading.Timer(config.timeout_s, deadline)
-        timer.start()
-        try:
-            proc.stdin.write(nonce.encode() + b"\n")
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # zombie: its pgid stays ours
-        duration = time.monotonic() - start
-        timer.cancel()
-        timer.join()
-        _kill_group(proc.pid)
+        code, timed_out, duration = ended["returncode"], ended["timed_out"], ended["duration_s"]
         setup = _read_available(setup_r).decode("ascii", "replace").splitlines()
         layers = list(_RUNNER_LAYERS)
         layers += [x for ln in setup[:1] if ln.startswith("L ") for x in ln[2:].split(",")
                    if x in LAYERS and x not in layers]
         if uid is not None and "pidns" not in layers:
             _kill_uid(uid)  # without a PID namespace, leftovers are found by uid
-        code = proc.wait()
         status = _read_available(status_r).decode("ascii", "replace").splitlines()
         layers = [x for x in LAYERS if x in layers]
         missing = [x for x in required if x not in layers]
-        if missing and not timed_out.is_set():
+        if missing and not timed_out:
             why = missing_message(missing)
             if not setup:  # the bootstrap itself failed: say how
                 why += "\n" + _head(err.name, config.max_output_bytes)
             return SandboxResult("error", code, "", why, round(duration, 4), tuple(layers))
-        if timed_out.is_set() or code == -signal.SIGXCPU:
+        if timed_out or code == -signal.SIGXCPU:
             verdict = "timeout"
         elif code == 0 and f"P {nonce}" in status:
             verdict = "passed"

@@ -11,6 +11,7 @@ import pytest
 
 from primer.sandbox import SandboxConfig, run_many, run_program
 from primer.sandbox.config import LAYERS
+from primer.sandbox.runner import Zygote
 
 FAST = SandboxConfig(timeout_s=3, memory_mb=256, max_processes=32)
 FULL = set(LAYERS)
@@ -38,6 +39,17 @@ def test_a_failing_assert_is_failed_with_the_reason():
 def test_early_exit_is_never_passed(exit_code):
     r = run_program(exit_code + "\nassert False, 'tests were skipped'\n", FAST)
     assert r.status == "failed", r
+
+
+@pytest.mark.parametrize(("source", "code"), [
+    ("import sys; sys.exit(200)", 200), ("import sys; sys.exit(147)", 147),
+    ("import os, signal; os.killpg(0, signal.SIGKILL)", -9),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -15)])
+def test_exit_codes_and_kills_are_reported_as_they_happened(source, code):
+    # 128 + n from the namespace's init means signal n only where n is one (147: SIGSTOP's
+    # number, which the outer process must not send itself)
+    r = run_program(source, FAST)
+    assert (r.status, r.exit_code) == ("failed", code), r
 
 
 def test_hostile_programs_are_contained_and_failed(tmp_path, monkeypatch):
@@ -105,3 +117,40 @@ def test_wall_limit_kills_the_whole_group_even_when_the_main_process_waits():
 def test_a_sandbox_error_is_a_result_not_an_exception():
     r = run_program("pass", SandboxConfig(python="/nonexistent/python"))
     assert r.status == "error" and "nonexistent" in r.stderr
+
+
+def test_programs_forked_from_one_zygote_hold_nothing_of_it_or_of_each_other():
+    """Every program of a worker is forked from its pre-started interpreter: the program's
+    only descriptors are stdio and its status pipe (no socket back to the zygote), and what
+    one program does (exit codes, a crash, a timeout, a kill of its own group) changes
+    nothing for the next."""
+    fds = ("import os\nopen_fds = []\nfor fd in sorted(os.listdir('/proc/self/fd'), key=int):\n"
+           "    try:\n        open_fds.append((int(fd), os.readlink(f'/proc/self/fd/{fd}')))\n"
+           "    except FileNotFoundError:\n        pass  # listdir's own, closed by now\n"
+           "print(open_fds)\n")
+    with Zygote() as zygote:
+        first = run_program(fds, FAST, zygote)
+        hostile = [run_program(src, FAST, zygote) for src in (
+            "import os, signal\nos.killpg(0, signal.SIGKILL)\n",
+            "import sys\nsys.exit(7)\n", "raise MemoryError\n", "while True: pass\n")]
+        again = run_program(fds, FAST, zygote)
+        pid = zygote._proc.pid
+    assert first.passed and again.passed, (first, again)
+    open_fds = eval(first.stdout)  # [(fd, target)]
+    assert [fd for fd, _ in open_fds][:3] == [0, 1, 2] and len(open_fds) == 4, open_fds
+    assert open_fds[3][1].startswith("pipe:")  # the status pipe
+    assert not [t for _, t in open_fds if t.startswith("socket:")], open_fds
+    assert [r.status for r in hostile] == ["failed", "failed", "failed", "timeout"], hostile
+    assert [r.exit_code for r in hostile[:3]] == [-9, 7, 1]
+    assert "MemoryError" in hostile[2].stderr
+    # the same descriptors for the sixth program as for the first
+    assert [fd for fd, _ in eval(again.stdout)] == [fd for fd, _ in open_fds]
+    assert not Path(f"/proc/{pid}").exists()  # closing the zygote ended it
+
+
+def test_a_zygote_that_died_is_started_again():
+    with Zygote() as zygote:
+        assert run_program("pass", FAST, zygote).passed
+        zygote._proc.kill()
+        zygote._proc.wait()
+        assert run_program("pass", FAST, zygote).passed
