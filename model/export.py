@@ -6,7 +6,6 @@ The result loads with ``transformers.AutoModelForCausalLM.from_pretrained(out_di
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
         source = open_storage(checkpoint_uri)
         if not _is_export(source):
             raise
-        return _copy(source, Path(out_dir))
+        return source.download(out_dir)  # weights are GBs: streamed
     trainer = load_object(ckpt, "trainer.pt")
     cfg = TrainConfig.model_validate(trainer["config"])
     model = build_model(cfg.model, trainer["vocab_size"], attn_implementation="sdpa")
@@ -52,13 +51,3 @@ def _is_export(store: Storage) -> bool:
     return "config.json" in names and any(
         n.endswith(".safetensors") or n in ("pytorch_model.bin", "model.safetensors.index.json")
         for n in names)
-
-
-def _copy(source: Storage, out: Path) -> Path:
-    """Every object of an exported folder, streamed to ``out`` (weights are GBs)."""
-    for info in source.list():
-        target = out / info.key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with source.open_read(info.key) as src, target.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 8 << 20)
-    return out

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 
@@ -132,6 +135,19 @@ class Storage(abc.ABC):
         """Publish ``src`` as ``dst`` (copy then delete; local storage renames)."""
         self.copy(src, dst)
         self.delete(src)
+
+    def download(self, directory: str | os.PathLike[str], prefix: str = "") -> Path:
+        """Stream every object under ``prefix`` into ``directory`` (keys become paths); the
+        folder, for what needs local files (a model's weights: GBs, never in memory)."""
+        out = Path(directory).resolve()
+        for info in self.list(prefix):
+            target = (out / info.key).resolve()
+            if not target.is_relative_to(out):  # an S3 key may say "../"
+                raise StorageError(f"{self.url(info.key)}: the key leaves {out}; not written")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.open_read(info.key) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+        return out
 
     def child(self, prefix: str) -> Storage:
         """A storage rooted at ``prefix`` under this one."""
