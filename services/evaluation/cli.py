@@ -15,11 +15,13 @@ from typing import Annotated
 
 import typer
 
-from primer.benchmarks import Benchmark, BenchmarkError, load_benchmark, parse_benchmarks
+from primer.benchmarks import BenchmarkError, parse_benchmarks
 from primer.cli import OVERRIDES, command_config
 from primer.sandbox import SandboxUnavailable, check_layers
+from services.evaluation.backends import make_backend
 from services.evaluation.config import EvalConfig
-from services.evaluation.samples import SamplesError, SamplesFile, write_jsonl
+from services.evaluation.run import evaluate, load
+from services.evaluation.samples import SamplesError, SamplesFile
 from services.evaluation.scoring import score
 
 app = typer.Typer(help="Evaluate on HumanEval and MBPP (pass@k, sandboxed).",
@@ -35,14 +37,6 @@ def _headline(summary: dict) -> str:
     return (f"{summary['benchmark']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ks.items())
             + f"  ({summary['n_passed']}/{summary['n_samples']} samples passed, "
               f"{summary['n_problems']} problems)")
-
-
-def _load(name: str, config: EvalConfig) -> Benchmark:
-    """The benchmark, cut to its first ``config.limit`` problems when a limit is set."""
-    bench = load_benchmark(name, config.benchmarks)
-    if config.limit is not None:
-        bench = Benchmark(bench.name, dict(list(bench.problems.items())[:config.limit]))
-    return bench
 
 
 def _fail(e: Exception) -> None:
@@ -61,7 +55,7 @@ def score_command(ctx: typer.Context, benchmark: Benchmarks,
         names = parse_benchmarks(benchmark)
         if len(names) != 1:
             raise BenchmarkError("score takes one benchmark per samples file")
-        bench = _load(names[0], config)
+        bench = load(names[0], config)
         rows = SamplesFile(samples, config.max_samples, config.max_sample_bytes)
         summary = score(bench, rows, output, config.sandbox, config.workers, tuple(config.ks),
                         source=samples)
@@ -76,24 +70,19 @@ def run_command(ctx: typer.Context,
                                                         "model name with an api_base.")],
                 benchmark: Benchmarks, output: Output) -> None:
     """Generate completions with a model, then score them: <output>/<benchmark>/…"""
-    from services.evaluation.backends import generate_samples, make_backend
-
     config = command_config(ctx, EvalConfig)
     try:
         names = parse_benchmarks(benchmark)
-        benches = [_load(n, config) for n in names]
+        benches = [load(n, config) for n in names]
         check_layers(config.sandbox)  # refuse before generating anything
         backend = make_backend(model, config.generation)
     except (BenchmarkError, FileNotFoundError, SandboxUnavailable) as e:
         _fail(e)
     report = {}
-    for bench in benches:
-        out = f"{output.rstrip('/')}/{bench.name}"
-        samples = generate_samples(backend, bench, config.generation.n_samples)
-        write_jsonl(f"{out}/samples.jsonl", samples)
-        summary = score(bench, samples, out, config.sandbox, config.workers, tuple(config.ks))
-        report[bench.name] = {k: v for k, v in summary.items() if k != "per_task"}
-        typer.echo(_headline(summary))
+    for bench in benches:  # the model is loaded once for every benchmark
+        report[bench.name] = evaluate(backend, bench, f"{output.rstrip('/')}/{bench.name}",
+                                      config)
+        typer.echo(_headline(report[bench.name]))
     typer.echo(json.dumps(report, indent=2))
 
 
@@ -107,7 +96,7 @@ def nll_command(ctx: typer.Context,
 
     config = command_config(ctx, EvalConfig)
     try:
-        benches = [_load(n, config) for n in parse_benchmarks(benchmark)]
+        benches = [load(n, config) for n in parse_benchmarks(benchmark)]
     except BenchmarkError as e:
         _fail(e)
     if not os.path.isdir(model):

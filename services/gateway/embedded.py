@@ -56,11 +56,8 @@ class EmbeddedRuns:
         component = body.component
         try:
             plan = planner(component)
-        except RunFailed:
-            raise NotPlanned(
-                f"{component} runs are not planned by a gateway in embedded mode: an "
-                f"evaluation runs as an EvaluationRun in the cluster (a gateway in cluster "
-                f"mode, or kubectl apply) or locally with `primer eval`") from None
+        except RunFailed as exc:  # the component is not installed beside this gateway
+            raise NotPlanned(str(exc)) from None
         spec = spec_of(body, output)
         plan.resolve(spec)  # a config the component refuses is a 422 now, not a Failed run
         record = {"id": run_id, "component": component, "phase": "Pending",

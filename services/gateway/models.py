@@ -33,7 +33,8 @@ class GenerationBody(GenerationRun):
 
 
 class EvaluationBody(EvaluationRun):
-    """An EvaluationRun custom resource (cluster mode): the operator's hardened Job."""
+    """An EvaluationRun: in cluster mode the custom resource (the operator's hardened Job);
+    in embedded mode its planner's units, one per benchmark, on the evaluation workers."""
 
     component: Literal["evaluation"]
     output: Text | None = Field(None, description=_OUTPUT)  # type: ignore[assignment]

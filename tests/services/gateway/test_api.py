@@ -126,14 +126,20 @@ def test_a_config_the_component_refuses_is_a_422_naming_the_key(gateway):
         "config"], data
 
 
-def test_evaluation_is_not_planned_in_embedded_mode(redis_url, tmp_path):
+def test_an_evaluation_is_accepted_in_embedded_mode_for_its_workers(redis_url, tmp_path):
     config = gateway_config(redis_url, tmp_path, input_roots=("s3://primer/models",),
                             storage_root="s3://primer/data")
     with serve(create_app(config)) as url:
         status, data, _ = http("POST", f"{url}/v1/runs", {
-            "component": "evaluation", "checkpoint": "s3://primer/models/phi"})
-    assert status == 501, data
-    assert "EvaluationRun in the cluster" in data["error"] and "primer eval" in data["error"]
+            "component": "evaluation", "checkpoint": "s3://primer/models/phi",
+            "benchmarks": ["mbpp"]})
+        outside, refused, _ = http("POST", f"{url}/v1/runs", {
+            "component": "evaluation", "checkpoint": "s3://other/models/phi"})
+    assert status == 201, data
+    assert data["queue"] == config.queues["evaluation"] and data["phase"] == "Pending"
+    assert data["output"] == f"s3://primer/data/runs/{data['id']}/evaluation"
+    assert data["spec"]["checkpoint"] == "s3://primer/models/phi"
+    assert outside == 422 and "checkpoint" in {f["field"] for f in refused["fields"]}, refused
 
 
 def test_a_run_whose_spec_broke_fails_with_the_field_named(redis_url, tmp_path):

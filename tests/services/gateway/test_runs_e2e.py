@@ -19,10 +19,12 @@ from primer.errors import MESSAGE_LIMIT
 from primer.executor import LocalExecutor
 from primer.executor.plan import drive, planner
 from primer.runs import GenerationRun
+from primer.storage import open_storage
 from services.gateway.app import create_app
 from tests.openai_server import OpenAIServer
 from tests.plain import assert_plain
 from tests.primer.test_executor import celery_workers
+from tests.services.evaluation.tiny_model import save_tiny_model
 from tests.services.gateway.conftest import gateway_config, own_db, serve
 from tests.services.gateway.test_api import http, metric
 from tests.services.generation.teacher_responder import responder
@@ -188,3 +190,39 @@ def test_a_curation_run_succeeds_and_a_broken_one_fails(redis_url, tmp_path):
         assert metric(text, "primer_units_done", component="curation") >= 6
         missing = cli("runs", "get", "run-ffffffffffff", "--gateway", url)
         assert missing.exit_code == 2 and "HTTP 404" in missing.output
+
+
+def test_an_evaluation_run_is_planned_by_the_gateway_and_scored_by_a_worker(
+        redis_url, s3_bucket, tmp_path, monkeypatch):
+    """Embedded mode: one unit per benchmark on an evaluation worker, which fetches the
+    exported model from S3, generates and scores in its sandbox; the run's outputs are the
+    summaries."""
+    own = own_db(redis_url, 12)
+    # the gateway's config layers (as the chart's env would set them): a quick evaluation
+    monkeypatch.setenv("PRIMER__LIMIT", "3")
+    monkeypatch.setenv("PRIMER_GENERATION__MAX_NEW_TOKENS", "6")
+    uploaded = open_storage(f"s3://{s3_bucket}/models/tiny")
+    for f in save_tiny_model(tmp_path / "tiny").iterdir():
+        uploaded.write_bytes(f.name, f.read_bytes())
+    config = gateway_config(own, tmp_path, reconcile_seconds=0.2,
+                            input_roots=(f"s3://{s3_bucket}/models",),
+                            storage_root=f"s3://{s3_bucket}/data")
+    with celery_workers(own, config.queues["evaluation"], tmp_path / "logs", n=1), \
+            serve(create_app(config)) as url:
+        status, sent, _ = http("POST", f"{url}/v1/runs", {
+            "component": "evaluation", "checkpoint": f"s3://{s3_bucket}/models/tiny",
+            "benchmarks": ["humaneval", "mbpp"]})
+        assert status == 201, sent
+        done = cli("runs", "get", sent["id"], "--wait", "--interval", "0.3", "--gateway", url)
+        assert done.exit_code == 0, done.output
+    run = printed(done.output)
+    assert run["phase"] == "Succeeded" and run["error"] is None, run
+    summaries = run["outputs"]["summaries"]
+    assert sorted(summaries) == ["humaneval", "mbpp"]
+    assert all(s["n_problems"] == 3 and s["n_samples"] == 3 for s in summaries.values())
+    assert all(s["sandbox"]["layers"] for s in summaries.values()), summaries
+    out = open_storage(run["output"])
+    assert out.exists("mbpp/samples.jsonl") and out.exists("humaneval/results.jsonl")
+    units = [json.loads(out.read_text(o.key)) for o in out.list("_work/_markers/")]
+    assert sorted(m["unit"] for m in units) == ["evaluate-humaneval", "evaluate-mbpp"]
+    assert os.getpid() not in {m["pid"] for m in units}  # a worker ran them, not the gateway
