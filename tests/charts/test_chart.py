@@ -826,6 +826,9 @@ def test_each_s3_user_reaches_only_its_prefixes(rendered):
         key = f"primer/runs/run-0123456789ab/{component}/_work/gateway/done"
         assert _can_write(policies[component], key)
         assert _can_read(policies["gateway"], key) and _can_read(policies["operator"], key)
+        # in embedded mode the gateway plans them: it clears a resent unit's failure record
+        assert _can_write(policies["gateway"],
+                          f"primer/runs/run-0123456789ab/{component}/_work/_failures/u1")
     # …and nothing more: the code-running components are the most confined.
     ev_policy, gen_policy = policies["evaluation"], policies["generation"]
     assert not _can_read(ev_policy, "primer/raw/the-stack/part-00000.parquet")

@@ -224,8 +224,8 @@ def run_args(pod: Pod, container_name: str, objects: Objects, *, image: str | No
     ``command`` the container's command and args (another program in the same container).
     """
     spec = pod.spec
-    container = next((c for c in spec.get("containers", []) if c["name"] == container_name),
-                     None)
+    container = next((c for c in [*spec.get("initContainers", []), *spec.get("containers", [])]
+                      if c["name"] == container_name), None)
     if container is None:
         raise PodSpecError(f"pod {pod.name}: no container {container_name!r}")
     pod_sc = spec.get("securityContext") or {}

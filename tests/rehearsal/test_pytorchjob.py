@@ -7,14 +7,16 @@ on this machine's loopback, the pods on host networking, Service names mapped wi
 ``--add-host``). The Worker is killed mid-run and restarted as ``restartPolicy: OnFailure``
 makes the kubelet do; the job resumes from the last committed checkpoint and finishes.
 
-Not yet here: the evaluation Job on the result. Running it found that ``primer eval run
---model`` takes an exported model (save_pretrained), not a training checkpoint ("not a
-checkpoint folder"); the Job now runs ``primer export`` in an init container first
-(primer/k8s/evaluation_job.py), which this rehearsal does not run yet.
+Then the evaluation Job the operator would create for the run (primer/k8s/evaluation_job.py),
+run as its pod from the services image: the ``primer export`` init container (restricted),
+then the scoring container (the sandbox's pod shape), which writes ``summary.json`` to S3.
+(Running it first found that ``primer eval run --model`` takes an exported model, not a
+training checkpoint; hence the init container.)
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -24,10 +26,11 @@ import pytest
 import yaml
 
 from model.checkpoint import CheckpointManager
+from primer.k8s.evaluation_job import EvaluationJobSpec, build_evaluation_job
 from primer.storage import open_storage
 from tests.model.conftest import losses
 from tests.rehearsal import pytorchjob
-from tests.rehearsal.containers import TRAIN_IMAGE, containers, require_images
+from tests.rehearsal.containers import IMAGE, TRAIN_IMAGE, containers, require_images
 from tests.rehearsal.podspec import Objects, Pod, run_args
 from tests.servers import free_port
 
@@ -85,7 +88,7 @@ def _supervise(group, pods: list[str], backoff_limit: int, timeout: float, tick)
 
 def test_pytorchjob_pods_train_and_survive_a_killed_worker(
         packed, s3_bucket, s3_server, tmp_path):
-    require_images(TRAIN_IMAGE)
+    require_images(TRAIN_IMAGE, IMAGE)
     s3_port = s3_server.endpoint.rsplit(":", 1)[1]
     data, out = f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/runs/tiny"
     _upload(packed, data)
@@ -139,3 +142,21 @@ def test_pytorchjob_pods_train_and_survive_a_killed_worker(
     metrics.mkdir()
     (metrics / "metrics.jsonl").write_bytes(manager.root.read_bytes("metrics.jsonl"))
     assert list(losses(metrics)) == list(range(1, STEPS + 1))
+
+    # The evaluation Job on the result, as its pod: init container, then the main one.
+    report = f"s3://{s3_bucket}/runs/tiny/eval"
+    ev = build_evaluation_job(EvaluationJobSpec(
+        name="tiny-rehearsal-eval", image=IMAGE, checkpoint=out, output=report,
+        benchmarks=("humaneval",), s3_secret="primer-s3",
+        s3_endpoint=f"http://{S3_HOST}:{s3_port}", cpu="2", memory="4Gi"))
+    spec = ev["spec"]["template"]["spec"]
+    pod = Pod(spec, "tiny-rehearsal-eval-x7k2p", "default", tmp_path / "volumes", hosts)
+    with containers() as group:
+        for container in [*spec["initContainers"], *spec["containers"]]:
+            name = container["name"]
+            group.run(name, run_args(pod, name, objects))
+            code = group.wait_exit(name, 900)
+            assert code == 0, f"{name} exited {code}:\n{group.logs(name)[-4000:]}"
+    summary = json.loads(open_storage(report).read_text("humaneval/summary.json"))
+    assert summary["n_problems"] == 164 and summary["n_samples"] == 164, summary
+    assert summary["sandbox"]["degraded"] in ([], ["cgroup"]), summary

@@ -2,9 +2,10 @@
 container from the built image with the command, env (Secrets resolved from the rendered
 objects), user, capabilities, read-only root and limits of its rendered pod spec; then,
 through the gateway's Service only (embedded mode: the gateway plans the runs, the workers
-run their units), a curation and a generation (against the test teacher) each reach Succeeded
-with their outputs in S3. Stand-ins and what they replace: tests/rehearsal/release.py. Finally
-the chart's own ``helm test`` pod runs and passes.
+run their units), a curation, a generation (against the test teacher) and an evaluation (of a
+tiny model uploaded as a training run's export) each reach Succeeded with their outputs in
+S3. Stand-ins and what they replace: tests/rehearsal/release.py. Finally the chart's own
+``helm test`` pod runs and passes.
 
 The operator, and so the gateway's cluster mode, is not rehearsed: its in-cluster login needs
 an HTTPS API server with a service account token, and kmock (the only API server here) serves
@@ -36,6 +37,7 @@ from tests.rehearsal.release import (
     wait_run,
     weed_in_minio_place,
 )
+from tests.services.evaluation.tiny_model import save_tiny_model
 from tests.services.generation.teacher_responder import responder
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -62,7 +64,7 @@ def test_release_serves_curation_and_generation_through_the_gateway(
         bucket_job_in_place(rel)  # retries until the S3 server answers
         rel.forward_services()
         rel.start("gateway")
-        for worker in ("curation", "generation"):
+        for worker in ("curation", "generation", "evaluation"):
             rel.start(worker)
         rel.wait_ready("gateway")
 
@@ -74,6 +76,10 @@ def test_release_serves_curation_and_generation_through_the_gateway(
             monkeypatch.setenv(key, env[key])
         data = env["PRIMER_DATA"].rstrip("/")
         write_dataset(f"{data}/inputs/corpus", iter(_corpus_rows()), Producer("rehearsal"))
+        # where a training run's export lies (the evaluation user reads runs/ only)
+        export = open_storage(f"{data}/runs/rehearsal-train/export")
+        for f in save_tiny_model(tmp_path / "tiny").iterdir():
+            export.write_bytes(f.name, f.read_bytes())
 
         gateway = "http://127.0.0.1:" + str(next(
             p["port"] for s in objects.of_kind("Service") if s["metadata"]["name"].endswith(
@@ -87,6 +93,8 @@ def test_release_serves_curation_and_generation_through_the_gateway(
                                     "annotate.positive_score": 0.8}},
             "generation": {"component": "generation", "kind": "textbooks", "count": 3,
                            "teacher": {"url": teacher_url, "model": "test-teacher"}},
+            "evaluation": {"component": "evaluation", "checkpoint": export.uri,
+                           "benchmarks": ["humaneval"]},
         }
         submitted = {c: submit(gateway, body, headers)["id"] for c, body in runs.items()}
         done = {c: wait_run(gateway, run_id, headers, 900) for c, run_id in submitted.items()}
@@ -100,6 +108,12 @@ def test_release_serves_curation_and_generation_through_the_gateway(
             manifest = json.loads(out.read_text("_manifest.json"))
             assert manifest["rows"] > 0 and manifest["shards"], manifest
         assert teacher.requests >= 3
+        summary = done["evaluation"]["outputs"]["summaries"]["humaneval"]
+        assert summary["n_problems"] == 164 and summary["n_samples"] == 164, summary
+        # every layer held but, where the host gives no cgroup, the chart's allowed one
+        assert summary["sandbox"]["degraded"] in ([], ["cgroup"]), summary
+        scored = open_storage(done["evaluation"]["output"])
+        assert scored.exists("humaneval/results.jsonl") and scored.exists("humaneval/summary.json")
 
         # `helm test`: the chart's own test pod, as rendered, against the running release.
         test_pod = next(p for p in objects.of_kind("Pod")
