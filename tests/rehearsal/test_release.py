@@ -50,12 +50,19 @@ def _corpus_rows() -> list[dict]:
     return [{"id": f"{f.parent.name}_{f.name}", "text": f.read_text()} for f in files[:30]]
 
 
-def test_release_serves_curation_and_generation_through_the_gateway(
+def test_release_serves_every_run_kind_through_the_gateway(
         tmp_path, monkeypatch):
     require_images(IMAGE)
     ensure_redis_image()
-    objects = render("gateway.mode=embedded")
-    with OpenAIServer(responder) as teacher, containers() as group, \
+    with OpenAIServer(responder) as teacher:
+        teacher_url = f"http://{TEACHER_HOST}:{teacher.port}/v1"
+        # the gateway admits the teacher a run names only if the release lists it
+        objects = render("gateway.mode=embedded", f"gateway.policy.endpoints={{{teacher_url}}}")
+        _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch)
+
+
+def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch) -> None:
+    with containers() as group, \
             running(objects, group, tmp_path / "volumes", {TEACHER_HOST: "127.0.0.1"}) as rel:
         rel.check_ports()
         rel.start("redis", image=REDIS_IMAGE)
@@ -86,7 +93,6 @@ def test_release_serves_curation_and_generation_through_the_gateway(
                 "gateway") for p in s["spec"]["ports"]))
         headers = ({"Authorization": f"Bearer {env['PRIMER_GATEWAY_TOKEN']}"}
                    if env.get("PRIMER_GATEWAY_TOKEN") else {})
-        teacher_url = f"http://{TEACHER_HOST}:{teacher.port}/v1"
         runs = {
             "curation": {"component": "curation", "input": f"{data}/inputs/corpus",
                          "config": {"classify.n_estimators": 10,
