@@ -29,7 +29,7 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
         source = open_storage(checkpoint_uri)
         if not _is_export(source):
             raise
-        return source.download(out_dir)  # weights are GBs: streamed
+        return _readable(source.download(out_dir))  # weights are GBs: streamed
     trainer = load_object(ckpt, "trainer.pt")
     cfg = TrainConfig.model_validate(trainer["config"])
     model = build_model(cfg.model, trainer["vocab_size"], attn_implementation="sdpa")
@@ -41,6 +41,14 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return _readable(out)
+
+
+def _readable(out: Path) -> Path:
+    """Every file of the export readable by all: the evaluation Job's scoring container runs
+    as another user than its export container (safetensors writes weights 0600)."""
+    for path in [out, *out.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
     return out
 
 

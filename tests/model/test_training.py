@@ -148,6 +148,9 @@ def test_cli_packs_text_trains_finetunes_and_exports(text_dataset, tmp_path):
     assert list(losses(ft)) == [1, 2]
 
     out = export(str(ft), tmp_path / "hf")
+    # the evaluation Job reads it as another user (the rehearsal found weights written 0600)
+    assert all(p.stat().st_mode & 0o004 for p in out.rglob("*")), \
+        {p.name: oct(p.stat().st_mode) for p in out.rglob("*")}
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     state = load_model_state(open_committed(str(ft)))

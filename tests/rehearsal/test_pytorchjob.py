@@ -96,7 +96,7 @@ def test_pytorchjob_pods_train_and_survive_a_killed_worker(
                    "--nodes", "2", "--gpus-per-node", "0", "--steps", str(STEPS),
                    "--data", data, "--output", out, "--s3-endpoint",
                    f"http://{S3_HOST}:{s3_port}", "--cpu", "1", "--memory", "3Gi",
-                   "--shm-size", "256Mi")
+                   "--shm-size", "256Mi", "--s3-secret", "primer-s3")
     # A free rendezvous port instead of the default 23456: the pods share the host's network.
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     master["ports"] = [{"name": pytorchjob.PORT_NAME, "containerPort": free_port()}]
@@ -137,7 +137,9 @@ def test_pytorchjob_pods_train_and_survive_a_killed_worker(
     assert "resumed from" in master_log, master_log[-3000:]
     assert manager.committed_steps()[-1] == STEPS
     ckpt = manager.latest()
-    assert {o.key for o in ckpt.list()} >= {"COMMITTED", "model.pt", "rng-0.pt", "rng-1.pt"}
+    keys = {o.key for o in ckpt.list()}  # sharded (torch.distributed.checkpoint)
+    assert keys >= {"COMMITTED", ".metadata", "trainer.pt", "rng-0.pt", "rng-1.pt"}, keys
+    assert any(k.endswith(".distcp") for k in keys), keys
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     (metrics / "metrics.jsonl").write_bytes(manager.root.read_bytes("metrics.jsonl"))
