@@ -47,7 +47,7 @@ def export(checkpoint_uri: str, out_dir: str | Path, dtype: str = "float32") -> 
 def _readable(out: Path) -> Path:
     """Every file of the export readable by all: the evaluation Job's scoring container runs
     as another user than its export container (safetensors writes weights 0600)."""
-    for path in [out, *out.rglob("*")]:
+    for path in out.rglob("*"):  # not ``out``: it may be a volume's root, not ours
         path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
     return out
 
