@@ -68,10 +68,10 @@ class DecontaminationConfig(ConfigModel):
     encoder: str = Field("minilm", description=(
         "Encoder for the embedding test: minilm (the offline all-MiniLM-L6-v2) or a path."))
     text_column: str = Field("text", description="Column holding the training text.")
-    batch_size: int = Field(16, gt=0, description=(
+    batch_size: int = Field(8, gt=0, description=(
         "Rows embedded at a time. MiniLM's activations for 256-token rows dominate a unit's "
-        "memory: encoding 512 rows peaked at 1,038 MiB with 64, 691 MiB with 16 (and was no "
-        "faster on CPU)."))
+        "memory: encoding 512 rows peaked at 1,038 MiB with 64, 691 with 16, 625 with 8 (and "
+        "was no faster on CPU); a 4,096-row unit at 922 MiB with 8."))
     rows_per_unit: int = Field(4096, gt=0, description=(
         "Rows of one shard per work unit (the unit of parallelism and of a retry)."))
 
