@@ -339,13 +339,11 @@ def _reap(pid, timeout_s):
     finally:
         if pidfd is not None:
             os.close(pidfd)
-    if not timed_out:
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    # (a readable pidfd, or the polled waitid, means it is a zombie now: its group id holds)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-    return code, timed_out
+    return os.waitstatus_to_exitcode(status), timed_out
 
 
 def serve(sock_fd):
