@@ -339,8 +339,9 @@ def decontaminate_unit(input_uri: str, shard: str, part: int, first_row: int,
         raise ValueError(f"{input_uri}: no {dc.text_column!r} column "
                          f"(columns: {sorted(batch.schema.names)})")
     ids = batch.column("id") if n and "id" in batch.schema.names else None
+    column = batch.column(dc.text_column) if n else None
     for i in range(0, n, dc.batch_size):
-        texts = batch.column(dc.text_column).slice(i, dc.batch_size).to_pylist()
+        texts = column.slice(i, dc.batch_size).to_pylist()
         for j, matches in enumerate(index.match([t or "" for t in texts]), start=i):
             if matches:
                 reason = f"contaminated_{matches[0].method}"
