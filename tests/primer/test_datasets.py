@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import datasets as hf_datasets
 import numpy as np
@@ -190,14 +191,20 @@ def test_bad_shard_name(storage_uri):
 
 # -- datasets from someone else (issue 14) ----------------------------------------------------
 
+def link_from_outside(shard: Path, outside: Path) -> None:
+    """Replace ``shard`` by a symbolic link to a copy of it at ``outside``: the same bytes,
+    so only the link gives it away."""
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)
+
+
 def test_a_shard_linked_to_a_file_outside_the_dataset_is_refused(tmp_path):
     uri = tmp_path / "ds"
     write_dataset(str(uri), records(5), PRODUCER)
     shard = uri / "part-00000.parquet"
-    outside = tmp_path / "secret.parquet"  # the same bytes, so only the link gives it away
-    outside.write_bytes(shard.read_bytes())
-    shard.unlink()
-    shard.symlink_to(outside)
+    outside = tmp_path / "secret.parquet"
+    link_from_outside(shard, outside)
     with pytest.raises(DatasetError, match="symbolic link to .*secret.parquet, outside the"):
         open_dataset(str(uri))
     # a link that stays inside the dataset is fine
@@ -309,10 +316,6 @@ def test_one_shard_is_read_with_every_check(tmp_path):
         records(6, start=3)
     with pytest.raises(DatasetError, match="no shard 'part-00009.parquet'"):
         list(ds.shard_batches("part-00009.parquet"))
-    shard = uri / "part-00000.parquet"
-    outside = tmp_path / "secret.parquet"
-    outside.write_bytes(shard.read_bytes())
-    shard.unlink()
-    shard.symlink_to(outside)
+    link_from_outside(uri / "part-00000.parquet", tmp_path / "secret.parquet")
     with pytest.raises(DatasetError, match="outside the"):
         list(open_dataset(str(uri), check_sizes=False).shard_batches("part-00000.parquet"))

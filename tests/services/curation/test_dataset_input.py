@@ -10,6 +10,7 @@ import pytest
 from primer.datasets import DatasetError, Producer, commit_dataset, write_dataset, write_shard
 from services.curation.config import ReaderConfig
 from services.curation.readers import plan, read_partition
+from tests.primer.test_datasets import link_from_outside
 
 PRODUCER = Producer("test", "abc")
 CODE = [{"text": f"def f{i}(x):\n    return x + {i}\n", "source": f"f{i}.py"} for i in range(6)]
@@ -34,11 +35,7 @@ def test_a_shard_linked_from_outside_is_refused(tmp_path):
     write_dataset(str(uri), CODE, PRODUCER, rows_per_shard=2)
     cfg = ReaderConfig()
     parts = plan(str(uri), cfg)  # planned while the dataset was sound
-    shard = uri / "part-00001.parquet"
-    outside = tmp_path / "secret.parquet"
-    outside.write_bytes(shard.read_bytes())
-    shard.unlink()
-    shard.symlink_to(outside)
+    link_from_outside(uri / "part-00001.parquet", tmp_path / "secret.parquet")
     with pytest.raises(DatasetError, match="outside the"):
         list(read_partition(parts[1], cfg))
 
