@@ -57,8 +57,7 @@ def evaluate_unit(model: str, benchmark: str, output: str, config: dict[str, Any
     cfg = EvalConfig.model_validate(config)
     check_layers(cfg.sandbox)  # refuse before fetching a model or generating anything
     bench = load(benchmark, cfg)
-    if cfg.generation.api_base:
-        return evaluate(make_backend(model, cfg.generation), bench, output, cfg)
     with tempfile.TemporaryDirectory(prefix="primer-model-") as tmp:
-        return evaluate(make_backend(local_model(model, tmp), cfg.generation), bench, output,
-                        cfg)
+        # an API backend names a served model; otherwise the model is an export to fetch
+        path = model if cfg.generation.api_base else local_model(model, tmp)
+        return evaluate(make_backend(path, cfg.generation), bench, output, cfg)
