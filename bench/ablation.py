@@ -47,7 +47,8 @@ def summarise(run: Path, wall_s: float, commit: str) -> dict:
                  "pass_at_1_problems_per_benchmark": plan["ablation_eval_limit"]
                  if plan.get("ablation_pass_at_1", True) else "not measured"},
         "synthetic_arm": facts.get("ablation_synthetic"),
-        "arms": {r["arm"]: {"nll_mean": r["nll_mean"], "nll_std": r["nll_std"],
+        "arms": {r["arm"]: {"pack_tokens": facts.get("ablation_pack_tokens", {}).get(r["arm"]),
+                            "nll_mean": r["nll_mean"], "nll_std": r["nll_std"],
                             "nll_per_seed": r["nll_seeds"], "humaneval_pass@1": r["he_mean"],
                             "mbpp_pass@1": r["mbpp_mean"]} for r in g.get("ablation", [])},
         "pairs": g.get("ablation_pairs", []),

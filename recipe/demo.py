@@ -14,7 +14,8 @@ whose output is committed, and the components resume unfinished work themselves)
     codetextbook primer pack (curated + textbooks) → primer train --train.init_from (phi-1-base)
     finetune     primer finetune on the exercises (skipped, and said so, when none is valid)
     eval         primer eval run (pass@1) and primer eval nll on HumanEval and MBPP
-    ablation     (--ablation) same token budget on unfiltered / filtered / filtered+synthetic
+    ablation     (--ablation) same token budget on unfiltered / a random subset of it as large
+                 as the filtered code / filtered / filtered+synthetic
     report       report.html (self-contained) + report.md under runs/<run>/report/
 
 The demo drives the components through their commands, and reads what they wrote only
@@ -27,6 +28,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -41,10 +43,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.markup import escape
 
-from primer.datasets import Producer, ShardInfo, commit_dataset, read_manifest, write_shard
+from primer.datasets import (Manifest, Producer, ShardInfo, commit_dataset, open_dataset,
+                             read_manifest, write_shard)
 from primer.executor import Job, LocalExecutor, WorkUnit
 from primer.storage import open_storage
 
@@ -509,7 +513,13 @@ class Demo:
     def ablation(self) -> None:
         pl, w, R = self.plan, str(self.workers), self.p
         tok = R("pack-code", "tokenizer")
-        arms = {"unfiltered": [R("sources-clean")], "filtered": [R("curated-clean")]}
+        # unfiltered-subset is the control for filtered: the same amount of text, drawn at
+        # random from the unfiltered files, so both arms repeat their data equally often and
+        # differ only in which files they hold (the full unfiltered arm confounds quality
+        # with quantity: it repeats nothing).
+        arms = {"unfiltered": [R("sources-clean")],
+                "unfiltered-subset": [R("ablation", "subset-unfiltered")],
+                "filtered": [R("curated-clean")]}
         syn = None
         if _has_manifest(R("textbooks-clean")) and read_manifest(R("textbooks-clean")).rows:
             syn = R("pack-codetextbook")
@@ -522,6 +532,9 @@ class Demo:
 
         def ablate(rec: StageRecord) -> str:
             packs: dict[str, str] = {}
+            if not _has_manifest(R("ablation", "subset-unfiltered")):
+                size_matched_subset(R("sources-clean"), R("curated-clean"),
+                                    R("ablation", "subset-unfiltered"), seed=0)
             for arm, sources in arms.items():
                 slug = arm.replace("+", "-")
                 pack = sources[0] if sources[0].endswith("pack-codetextbook") \
@@ -530,6 +543,8 @@ class Demo:
                     self.sh("ablation", ["pack", *sources, "--output", pack, "--tokenizer", tok,
                                          "--seq-len", str(pl.seq_len), "--workers", w], rec)
                 packs[arm] = pack
+            self.facts["ablation_pack_tokens"] = {a: read_manifest(p).tokens
+                                                  for a, p in packs.items()}
 
             def unit(arm: str, seed: int) -> None:
                 name = f"{arm.replace('+', '-')}-seed{seed}"
@@ -557,6 +572,26 @@ class Demo:
                    "_summary.json")).exists() for a in arms for s in pl.ablation_seeds), ablate)
         self.facts["ablation_arms"] = {a: [f"{a.replace('+', '-')}-seed{s}"
                                            for s in pl.ablation_seeds] for a in arms}
+
+
+def size_matched_subset(source: str, like: str, out: str, seed: int = 0) -> Manifest:
+    """A random subset of ``source``'s rows holding at least as many characters of ``text``
+    as ``like`` does (the smallest such prefix of a seeded shuffle), written as a dataset."""
+    table = open_dataset(source).to_table()
+    target = pc.sum(pc.utf8_length(open_dataset(like).to_table(["text"]).column("text")))
+    target = target.as_py() or 0
+    lengths = pc.utf8_length(table.column("text")).to_pylist()
+    order = random.Random(seed).sample(range(table.num_rows), table.num_rows)
+    chosen, chars = [], 0
+    for i in order:
+        if chars >= target:
+            break
+        chosen.append(i)
+        chars += lengths[i] or 0
+    shard = write_shard(out, "part-00000.parquet", table.take(sorted(chosen)))
+    return commit_dataset(out, [shard], Producer("size_matched_subset"), metadata={
+        "source": source, "like": like, "seed": seed, "characters": chars,
+        "target_characters": target, "rows_of_source": table.num_rows})
 
 
 def _has_manifest(uri: str) -> bool:

@@ -528,21 +528,28 @@ def build(run: Path, facts: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict
                        f"{plan['seq_len']} = {steps * 16 * plan['seq_len']:,} tokens, seeds "
                        f"{', '.join(map(str, plan['ablation_seeds']))} (seed of the weights "
                        f"and of the data order). (a) unfiltered: every file read, only "
-                       f"decontaminated; (b) filtered: the curated code; (c) "
-                       f"{facts.get('ablation_synthetic', '')}. NLL over all 164 canonical "
+                       f"decontaminated; (b) unfiltered-subset: a random subset of those "
+                       f"files with as much text as the filtered code, the control for (c), "
+                       f"since both then repeat their data equally; (c) filtered: the "
+                       f"curated code; (d) {facts.get('ablation_synthetic', '')}. The "
+                       f"tokens column is the size of each arm's packed data: an arm whose "
+                       f"data is smaller than its budget sees it more than once. NLL over "
+                       f"all 164 canonical "
                        f"HumanEval solutions; "
                        + (f"pass@1 on {plan.get('ablation_eval_limit') or 'all'} problems per "
                           f"benchmark. " if plan.get("ablation_pass_at_1", True) else
                           "pass@1 not measured in this run (0% at this scale). ")
                        + "Mean ± sample standard deviation over seeds."))
         rows = []
+        sizes = facts.get("ablation_pack_tokens") or {}
         for r in g.get("ablation", []):
-            rows.append([r["arm"], str(r["seeds"]),
+            size = sizes.get(r["arm"])
+            rows.append([r["arm"], f"{size:,}" if isinstance(size, int) else "–", str(r["seeds"]),
                          f"{_fmt(r['nll_mean'])} ± {_fmt(r['nll_std'])}",
                          ", ".join(f"{x:.4f}" for x in r["nll_seeds"]),
                          f"{_pct(r['he_mean'])} ± {_pct(r['he_std'])}",
                          f"{_pct(r['mbpp_mean'])} ± {_pct(r['mbpp_std'])}"])
-        B.append(("table", (["arm", "seeds", "NLL mean ± std", "NLL per seed",
+        B.append(("table", (["arm", "tokens", "seeds", "NLL mean ± std", "NLL per seed",
                              "HumanEval pass@1", "MBPP pass@1"], rows, set())))
         if g.get("ablation") and all(r["nll_seeds"] for r in g["ablation"]):
             imgs["ablation.png"] = plot_ablation(g["ablation"])

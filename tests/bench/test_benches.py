@@ -38,10 +38,12 @@ def positive(result: dict, *keys: str) -> None:
 def check_ablation(r: dict) -> None:
     positive(r, "steps", "tokens_per_arm", "wall_s")
     assert r["mode"] == "quick" and r["plan_changes"]["ablation_steps"] == 2
-    assert set(r["arms"]) >= {"unfiltered", "filtered"}, r["arms"]
+    assert set(r["arms"]) >= {"unfiltered", "unfiltered-subset", "filtered"}, r["arms"]
     for arm in r["arms"].values():
-        positive(arm, "nll_mean")
+        positive(arm, "nll_mean", "pack_tokens")
         assert len(arm["nll_per_seed"]) == 1
+    # the control arm is cut from the unfiltered files, to the filtered arm's size
+    assert r["arms"]["unfiltered-subset"]["pack_tokens"] <= r["arms"]["unfiltered"]["pack_tokens"]
 
 
 def check_curation(r: dict) -> None:
