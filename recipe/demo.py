@@ -47,8 +47,15 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.markup import escape
 
-from primer.datasets import (Manifest, Producer, ShardInfo, commit_dataset, open_dataset,
-                             read_manifest, write_shard)
+from primer.datasets import (
+    Manifest,
+    Producer,
+    ShardInfo,
+    commit_dataset,
+    open_dataset,
+    read_manifest,
+    write_shard,
+)
 from primer.executor import Job, LocalExecutor, WorkUnit
 from primer.storage import open_storage
 

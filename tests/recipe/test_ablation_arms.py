@@ -29,7 +29,9 @@ def test_the_subset_is_the_shortest_seeded_draw_that_reaches_the_filtered_size(t
 
     again = size_matched_subset(source, like, str(tmp_path / "again"), seed=3)
     other = size_matched_subset(source, like, str(tmp_path / "other"), seed=4)
-    ids = lambda p: open_dataset(str(tmp_path / p)).to_table(["id"]).column("id").to_pylist()
+
+    def ids(name):
+        return open_dataset(str(tmp_path / name)).to_table(["id"]).column("id").to_pylist()
     assert ids("again") == ids("subset") and again.rows == m.rows
     assert set(ids("other")) != set(ids("subset")) and other.metadata["seed"] == 4
 
