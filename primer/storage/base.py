@@ -77,9 +77,13 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+    def open_write(self, key: str, durable: bool = True
+                   ) -> contextlib.AbstractContextManager[BinaryIO]:
         """A context manager yielding a writable stream; the object is published atomically
-        when the block exits cleanly and discarded when it raises."""
+        when the block exits cleanly and discarded when it raises. ``durable=False`` is for
+        what can be made again (a cache entry): the object is still published whole, but a
+        crash of the host (not of the process) may lose it (local storage skips the fsync;
+        an S3 PUT is durable once answered either way)."""
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
@@ -114,15 +118,15 @@ class Storage(abc.ABC):
         with self.open_read(key) as f:
             return f.read()
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        with self.open_write(key) as f:
+    def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
+        with self.open_write(key, durable) as f:
             f.write(data)
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
-    def write_text(self, key: str, text: str) -> None:
-        self.write_bytes(key, text.encode("utf-8"))
+    def write_text(self, key: str, text: str, durable: bool = True) -> None:
+        self.write_bytes(key, text.encode("utf-8"), durable)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many were deleted."""

@@ -52,7 +52,7 @@ class LocalStorage(Storage):
         return f
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, durable: bool = True) -> Iterator[BinaryIO]:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,8 @@ class LocalStorage(Storage):
             with os.fdopen(fd, "wb") as f:
                 yield f
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException as exc:

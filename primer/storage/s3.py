@@ -176,7 +176,7 @@ class S3Storage(Storage):
         return _S3Reader(self, key, name, size, offset, resp, etag)  # type: ignore[return-value]
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, durable: bool = True) -> Iterator[BinaryIO]:
         writer = _S3Writer(self, key, self._name(key))
         try:
             yield writer  # type: ignore[misc]

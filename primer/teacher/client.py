@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import copy
 import email.utils
 import importlib
@@ -46,6 +47,9 @@ POOL_SHARD_SIZE = 64
 """Most connections one HTTP client holds; more concurrency spreads over more clients."""
 CACHE_THREADS = 64
 """Most threads doing cache reads and writes at once (each waits on a disk or S3)."""
+WRITER_BACKLOG = 8
+"""Queued cache writes per writing thread before another thread joins in: one thread keeps up
+with a local disk; a slow store (S3) gets more, up to CACHE_THREADS."""
 
 
 class TeacherError(Exception):
@@ -181,6 +185,12 @@ class Teacher:
         self.cache = ResponseCache(config.cache_uri) if config.cache_uri else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cache_pool: ThreadPoolExecutor | None = None
+        # Cache writes wait here for the cache threads (see _put_later); failed ones are
+        # counted and logged, never raised: the answer they would have kept is still returned.
+        self._puts: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._writers: set[asyncio.Future[None]] = set()
+        self._put_lock = threading.Lock()
+        self.cache_write_failures = 0
         self._local = None
         if config.is_local_checkpoint():
             from primer.teacher.local import LocalBackend
@@ -225,15 +235,64 @@ class Teacher:
                                                            timeout=config.timeout_s))
                 for _ in range(shards)]
 
-    async def _cache_io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking cache call (disk with fsync, or S3) off the event loop, on threads of
-        its own: the loop's default pool has only min(32, cpus + 4) threads, shared with
-        everything else, and hundreds of requests in flight would queue there."""
+    def _pool(self) -> ThreadPoolExecutor:
+        """The cache's own threads: the loop's default pool has only min(32, cpus + 4),
+        shared with everything else, and hundreds of requests in flight would queue there."""
         if self._cache_pool is None:
             self._cache_pool = ThreadPoolExecutor(
                 max_workers=min(self.config.max_concurrency, CACHE_THREADS),
                 thread_name_prefix="teacher-cache")
-        return await asyncio.get_running_loop().run_in_executor(self._cache_pool, fn, *args)
+        return self._cache_pool
+
+    async def _cache_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking cache call (disk or S3) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+
+    # Cache writes happen behind the answers: queued, and written by as few cache threads as
+    # keep up (each drains the queue, so a thread is woken once per batch, not per answer).
+    # complete_many and aclose wait for them, so a batch's answers are all in the cache before
+    # its caller goes on, as when each answer waited for its own write.
+
+    def _put_later(self, key: str, entry: dict[str, Any]) -> None:
+        self._puts.append((key, entry))
+        if len(self._writers) < min(self.config.max_concurrency, CACHE_THREADS) and \
+                len(self._puts) > WRITER_BACKLOG * len(self._writers):
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        writer = asyncio.get_running_loop().run_in_executor(self._pool(), self._write_puts)
+        self._writers.add(writer)
+        writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, writer: asyncio.Future[None]) -> None:
+        # On the loop: a write queued while the last writer was finding the queue empty
+        # found that writer still counted, so it is picked up here.
+        self._writers.discard(writer)
+        if self._puts and not self._writers:
+            self._start_writer()
+
+    def _write_puts(self) -> None:
+        assert self.cache is not None
+        while True:
+            try:
+                key, entry = self._puts.popleft()
+            except IndexError:
+                return
+            try:
+                self.cache.put(key, entry)
+            except Exception as exc:  # a full disk, S3 down: the answer is returned anyway
+                with self._put_lock:
+                    self.cache_write_failures += 1
+                    first = self.cache_write_failures == 1
+                if first:
+                    log.warning("cannot write teacher answers to the cache %s (%s); they "
+                                "are returned but a rerun asks for them again", self.cache
+                                .store.uri, exc)
+
+    async def _drain_puts(self) -> None:
+        """Until every queued cache write is written (or failed and counted)."""
+        while self._writers:
+            await asyncio.gather(*self._writers)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -255,7 +314,7 @@ class Teacher:
         if self.cache is not None:
             entry = asdict(completion)
             entry.pop("cached"), entry.pop("key")
-            await self._cache_io(self.cache.put, key, entry)
+            self._put_later(key, entry)
         return completion
 
     async def complete_many(self, requests: Sequence[Request],
@@ -273,7 +332,10 @@ class Teacher:
                 on_done(result)
             return result
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        try:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            await self._drain_puts()
 
     def complete_sync(self, request: Request) -> Completion:
         async def once() -> Completion:
@@ -287,6 +349,7 @@ class Teacher:
     async def aclose(self) -> None:
         """Close the HTTP connections; call it on the loop that used them, before that loop
         ends (``asyncio.run`` closes the loop, and connections closed later fail noisily)."""
+        await self._drain_puts()
         if self._loop is asyncio.get_running_loop():
             for client in getattr(self, "_clients", ()):
                 await client.close()

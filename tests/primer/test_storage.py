@@ -242,3 +242,20 @@ def test_full_disk_is_reported_and_loses_nothing(tiny_disk):
     assert [o.key for o in store.list()] == ["kept"]
     assert store.read_bytes("kept") == b"k" * 1000
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["kept"]  # no temp files left
+
+
+def test_a_write_that_need_not_be_durable_skips_only_the_fsync(tmp_path, monkeypatch):
+    import os
+
+    from primer.storage import open_storage
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    store = open_storage(str(tmp_path / "s"))
+    store.write_text("a/durable.json", "1")
+    assert len(synced) == 1
+    store.write_text("a/cache.json", "2", durable=False)
+    assert len(synced) == 1 and store.read_text("a/cache.json") == "2"
+    assert sorted(o.key for o in store.list()) == ["a/cache.json", "a/durable.json"]
+    assert not [p for p in (tmp_path / "s" / "a").iterdir() if p.name.startswith(".")]

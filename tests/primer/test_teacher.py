@@ -196,3 +196,47 @@ def test_local_checkpoint_backend(tmp_path):
     other = teacher.complete_sync(ask("write add", temperature=0.8, max_tokens=12, seed=6))
     assert other.key != a.key
     assert teacher.usage.requests == 3
+
+
+class _SlowCache(ResponseCache):
+    """A cache whose writes take a while (S3 from far away), and that records who wrote."""
+
+    def __init__(self, uri: str, delay_s: float, fail: bool = False):
+        super().__init__(uri)
+        self.delay_s, self.fail = delay_s, fail
+        self.writers: set[str] = set()
+
+    def put(self, key, value):
+        self.writers.add(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super().put(key, value)
+
+
+def test_answers_are_all_in_the_cache_when_the_batch_returns_and_slow_writes_fan_out(tmp_path):
+    """Cache writes happen behind the answers, but complete_many returns only once they are
+    written; a slow store gets more writing threads than one."""
+    requests = [ask(f"item {i}", seed=i) for i in range(48)]
+    with OpenAIServer() as server:
+        teacher = make(server, max_concurrency=48, cache_uri=str(tmp_path / "cache"))
+        teacher.cache = _SlowCache(str(tmp_path / "cache"), delay_s=0.05)
+        done = asyncio.run(teacher.complete_many(requests))
+        written = {o.key for o in teacher.cache.store.list()}
+        assert written == {f"{r.key[:2]}/{r.key}.json" for r in done}  # all 48, on return
+        assert len(teacher.cache.writers) > 1 and all(
+            name.startswith("teacher-cache") for name in teacher.cache.writers)
+        assert teacher.cache_write_failures == 0
+
+
+def test_a_cache_that_cannot_be_written_costs_reruns_not_answers(tmp_path, caplog):
+    requests = [ask(f"item {i}", seed=i) for i in range(10)]
+    with OpenAIServer() as server:
+        teacher = make(server, cache_uri=str(tmp_path / "cache"))
+        teacher.cache = _SlowCache(str(tmp_path / "cache"), delay_s=0, fail=True)
+        with caplog.at_level("WARNING", logger="primer.teacher"):
+            done = asyncio.run(teacher.complete_many(requests))
+    assert [d.text for d in done] == [expected(teacher, r) for r in requests]
+    assert teacher.cache_write_failures == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
