@@ -51,9 +51,9 @@ test-fast: setup tools  ## the fast tier: every component, under 2 minutes on 2 
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/pytest -m "not slow" -n auto
 
 # Containers: Debian's podman, buildah and runc (as root), a debootstrap'ed base (no registry).
-CONTAINER_TOOLS := podman buildah runc debootstrap
+CONTAINER_TOOLS := podman buildah runc debootstrap openssl
 
-container-tools:  ## podman, buildah, runc, debootstrap from Debian (as root) when missing
+container-tools:  ## podman, buildah, runc, debootstrap, openssl from Debian (as root) when missing
 	@missing=$$(for t in $(CONTAINER_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -7,7 +7,9 @@ and supplemental groups; a user namespace (``hostUsers: false``), an unmasked ``
 AppArmor unconfined; dropped/added capabilities, no-new-privileges, privileged; a read-only
 root with *no* extra tmpfs (podman adds /tmp, /run… by default; the kubelet does not); CPU and
 memory limits; emptyDir, PVC, Secret and ConfigMap volumes (host folders, fsGroup-owned where
-Kubernetes would make them so); the pod name as host name.
+Kubernetes would make them so); the pod name as host name; given an API server, its address in
+``KUBERNETES_SERVICE_*`` and, where the pod automounts it, the service account's token, CA and
+namespace at the path every client library reads them from.
 
 What cannot: networking is the host's (Service names are mapped to an address with
 ``--add-host``), probes are the caller's, and GPUs are refused.
@@ -67,6 +69,30 @@ class Objects:
         return out
 
 
+#: Where the kubelet mounts a pod's service account credentials (``load_incluster_config``).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """The Kubernetes API as the kubelet presents it to a pod: the ``kubernetes`` Service's
+    address (in every container's env, service links or not) and the credentials of the pod's
+    service account (token, the cluster's CA)."""
+
+    host: str
+    port: int
+    ca_pem: str
+    token: str
+
+    def env(self) -> dict[str, str]:
+        url = f"tcp://{self.host}:{self.port}"
+        base = f"KUBERNETES_PORT_{self.port}_TCP"
+        return {"KUBERNETES_SERVICE_HOST": self.host, "KUBERNETES_SERVICE_PORT": str(self.port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(self.port), "KUBERNETES_PORT": url,
+                base: url, f"{base}_PROTO": "tcp", f"{base}_PORT": str(self.port),
+                f"{base}_ADDR": self.host}
+
+
 @dataclass
 class Pod:
     """One pod to run: its spec, its identity, and where its volumes live on this machine."""
@@ -80,6 +106,8 @@ class Pod:
     """Host names (Service names) → address, as ``--add-host``."""
     extra_env: list[dict[str, Any]] = field(default_factory=list)
     """Variables a controller appends to the container (the Training Operator's PET_*…)."""
+    api: ApiServer | None = None
+    """The cluster's API server, if the rehearsal has one (else pods see none, as before)."""
 
 
 def service_links(objects: Objects, namespace: str, address: str) -> dict[str, str]:
@@ -130,7 +158,7 @@ def _field_ref(path: str, pod: Pod, address: str) -> str:
 def container_env(pod: Pod, container: dict[str, Any], objects: Objects,
                   address: str) -> dict[str, str]:
     """The container's environment as the kubelet builds it (later entries win)."""
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(pod.api.env()) if pod.api else {}
     if pod.spec.get("enableServiceLinks", True):
         env.update(service_links(objects, pod.namespace, address))
     for source in container.get("envFrom") or []:
@@ -199,6 +227,33 @@ def _materialize_volume(pod: Pod, volume: dict[str, Any], objects: Objects,
         return _claim_dir(path, fs_group), False
     raise PodSpecError(f"volume {volume['name']!r}: {sorted(set(volume) - {'name'})} not "
                        "supported by the rehearsal")
+
+
+def automounts_token(pod: Pod, objects: Objects) -> bool:
+    """The pod's own ``automountServiceAccountToken`` wins; else its service account's; else
+    true (Kubernetes' default)."""
+    if "automountServiceAccountToken" in pod.spec:
+        return bool(pod.spec["automountServiceAccountToken"])
+    name = pod.spec.get("serviceAccountName") or "default"
+    try:
+        account = objects.get("ServiceAccount", name)
+    except PodSpecError:  # "default", or one made outside the chart
+        return True
+    return bool(account.get("automountServiceAccountToken", True))
+
+
+def _service_account_dir(pod: Pod, fs_group: int | None) -> Path:
+    """The projected token volume: token, ca.crt and namespace, read-only, 0644 (fsGroup-owned
+    where the pod has one), as the kubelet writes it."""
+    assert pod.api is not None
+    path = _volume_dir(pod, "kube-api-access")
+    for name, text in (("token", pod.api.token), ("ca.crt", pod.api.ca_pem),
+                       ("namespace", pod.namespace)):
+        (path / name).write_text(text)
+        (path / name).chmod(0o644)
+        if fs_group is not None:
+            os.chown(path / name, 0, fs_group)
+    return path
 
 
 def _claim_dir(path: Path, fs_group: int | None) -> Path:
@@ -291,6 +346,9 @@ def run_args(pod: Pod, container_name: str, objects: Objects, *, image: str | No
             args += ["--tmpfs", f"{mount['mountPath']}:{opts}"]
         else:
             args += ["--volume", f"{host}:{mount['mountPath']}:{'ro' if ro else 'rw'}"]
+
+    if pod.api and automounts_token(pod, objects):
+        args += ["--volume", f"{_service_account_dir(pod, fs_group)}:{SERVICE_ACCOUNT_DIR}:ro"]
 
     for name, value in env.items():
         args += ["--env", f"{name}={value}"]

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from tests.rehearsal.containers import IMAGE, Containers, podman
-from tests.rehearsal.podspec import Objects, Pod, container_env, run_args
+from tests.rehearsal.podspec import ApiServer, Objects, Pod, container_env, run_args
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,11 +135,18 @@ class Forwarder:
             dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        # close() alone leaves the port listening while _accept blocks in accept(); shutdown
+        # wakes it (Linux), so the next release can bind the port again
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # as the servers bind (uvicorn, redis, weed): connections of a release that just
+        # ended, still in TIME_WAIT, do not make the port busy
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -155,6 +162,7 @@ class Release:
     group: Containers
     volumes: Path
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    api: ApiServer | None = None  # cluster mode: the API server the pods are given
     forwarders: list[Forwarder] = field(default_factory=list)
 
     @property
@@ -184,7 +192,7 @@ class Release:
         kind, name = obj["kind"], obj["metadata"]["name"]
         pod_name = f"{name}-0" if kind == "StatefulSet" else f"{name}-7d9f8b6c5d-x2x4q"
         return Pod(spec or obj["spec"]["template"]["spec"], pod_name, NAMESPACE, self.volumes,
-                   self.hosts)
+                   self.hosts, api=self.api)
 
     def start(self, component: str, image: str | None = None,
               spec: dict[str, Any] | None = None, extra: list[str] = ()) -> str:
@@ -309,8 +317,8 @@ def bucket_job_in_place(release: Release) -> None:
 
 @contextlib.contextmanager
 def running(objects: Objects, group: Containers, volumes: Path,
-            extra_hosts: dict[str, str]) -> Iterator[Release]:
-    release = Release(objects, group, volumes, extra_hosts)
+            extra_hosts: dict[str, str], api: ApiServer | None = None) -> Iterator[Release]:
+    release = Release(objects, group, volumes, extra_hosts, api)
     try:
         yield release
     finally:

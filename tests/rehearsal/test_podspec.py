@@ -5,10 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import stat
+from pathlib import Path
 
 import pytest
 
-from tests.rehearsal.podspec import Objects, Pod, PodSpecError, expand, quantity, run_args
+from tests.rehearsal.podspec import (
+    SERVICE_ACCOUNT_DIR,
+    ApiServer,
+    Objects,
+    Pod,
+    PodSpecError,
+    expand,
+    quantity,
+    run_args,
+)
 
 SECRET = {"kind": "Secret", "metadata": {"name": "creds"},
           "data": {"KEY": base64.b64encode(b"s3cret").decode()}, "stringData": {"USER": "u"}}
@@ -124,3 +134,40 @@ def test_quantities_and_expansion():
     with pytest.raises(PodSpecError, match="quantity '1 GB'"):
         quantity("1 GB")
     assert expand("$(A)-$(B)-$$(A)", {"A": "x"}) == "x-$(B)-$(A)"
+
+
+def _mounts(args: list[str]) -> dict[str, str]:
+    pairs = [args[i + 1].rsplit(":", 2) for i, a in enumerate(args) if a == "--volume"]
+    return {target: f"{host}:{mode}" for host, target, mode in pairs}
+
+
+def test_an_api_server_reaches_every_pod_and_credentials_only_the_automounting_ones(tmp_path):
+    api = ApiServer("127.0.0.1", 6443, "-----BEGIN CERTIFICATE-----\nx\n", "tok")
+    account = {"kind": "ServiceAccount", "metadata": {"name": "quiet"},
+               "automountServiceAccountToken": False}
+    objects = Objects([*OBJECTS.items, account])
+    default = _spec()  # no field: the "default" account automounts
+    opted_out = {**_spec(), "automountServiceAccountToken": False}
+    by_account = {**_spec(), "serviceAccountName": "quiet"}
+    pod_wins = {**_spec(), "serviceAccountName": "quiet", "automountServiceAccountToken": True}
+    for spec, mounted in ((default, True), (opted_out, False), (by_account, False),
+                          (pod_wins, True)):
+        pod = Pod(spec, "op-0", "ns", tmp_path / str(id(spec)), api=api)
+        args = run_args(pod, "main", objects)
+        env = _env(args)
+        assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"  # the address: always
+        assert env["KUBERNETES_SERVICE_PORT"] == "6443"
+        mount = _mounts(args).get(SERVICE_ACCOUNT_DIR)
+        assert (mount is not None) == mounted, (spec, mount)
+        if mounted:
+            host, mode = mount.rsplit(":", 1)
+            files = {p.name: p for p in Path(host).iterdir()}
+            assert mode == "ro" and sorted(files) == ["ca.crt", "namespace", "token"]
+            assert files["token"].read_text() == "tok"
+            assert files["namespace"].read_text() == "ns"
+            assert files["ca.crt"].read_text() == api.ca_pem
+            assert files["token"].stat().st_gid == 10003  # the fsGroup, as the kubelet sets
+    # without an API server nothing of it appears (the embedded release has none)
+    args = run_args(_pod(tmp_path, default), "main", objects)
+    assert SERVICE_ACCOUNT_DIR not in _mounts(args)
+    assert "KUBERNETES_SERVICE_HOST" not in _env(args)

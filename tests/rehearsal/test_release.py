@@ -7,10 +7,10 @@ tiny model uploaded as a training run's export) each reach Succeeded with their 
 S3. Stand-ins and what they replace: tests/rehearsal/release.py. Finally the chart's own
 ``helm test`` pod runs and passes.
 
-The operator, and so the gateway's cluster mode, is not rehearsed: its in-cluster login needs
-an HTTPS API server with a service account token, and kmock (the only API server here) serves
-plain HTTP in-process; both are tested against kmock (tests/operators,
-tests/services/gateway/test_cluster.py).
+The same in cluster mode, the chart's default: the gateway creates the runs as custom resources
+and the operator's container drives them, both logging in as pods do (service account token,
+HTTPS, the CA checked) to kmock's emulator behind TLS (tests/rehearsal/kube_api.py). The test
+plays the Job controller and kubelet for the evaluation Job the operator creates.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from primer.datasets import Producer, write_dataset
 from primer.storage import open_storage
 from tests.openai_server import OpenAIServer
 from tests.rehearsal.containers import IMAGE, containers, require_images
+from tests.rehearsal.kube_api import api_server, run_job, wait_job
 from tests.rehearsal.podspec import Pod, run_args
 from tests.rehearsal.release import (
     NAMESPACE,
@@ -50,20 +51,27 @@ def _corpus_rows() -> list[dict]:
     return [{"id": f"{f.parent.name}_{f.name}", "text": f.read_text()} for f in files[:30]]
 
 
-def test_release_serves_every_run_kind_through_the_gateway(
-        tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["embedded", "cluster"])
+def test_release_serves_every_run_kind_through_the_gateway(mode, tmp_path, monkeypatch):
     require_images(IMAGE)
     ensure_redis_image()
     with OpenAIServer(responder) as teacher:
         teacher_url = f"http://{TEACHER_HOST}:{teacher.port}/v1"
         # the gateway admits the teacher a run names only if the release lists it
-        objects = render("gateway.mode=embedded", f"gateway.policy.endpoints={{{teacher_url}}}")
-        _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch)
+        # (the operator's passes as often as the embedded gateway's: a run's steps follow)
+        objects = render(f"gateway.mode={mode}", f"gateway.policy.endpoints={{{teacher_url}}}",
+                         "operator.pollSeconds=2")
+        if mode == "embedded":
+            _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch)
+            return
+        with api_server(tmp_path / "pki") as kube:
+            _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch, kube)
 
 
-def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch) -> None:
-    with containers() as group, \
-            running(objects, group, tmp_path / "volumes", {TEACHER_HOST: "127.0.0.1"}) as rel:
+def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch, kube=None) -> None:
+    cluster, api = kube or (None, None)
+    with containers() as group, running(objects, group, tmp_path / "volumes",
+                                        {TEACHER_HOST: "127.0.0.1"}, api) as rel:
         rel.check_ports()
         rel.start("redis", image=REDIS_IMAGE)
         rel.wait_ready("redis")
@@ -73,6 +81,9 @@ def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch) -> None:
         rel.start("gateway")
         for worker in ("curation", "generation", "evaluation"):
             rel.start(worker)
+        if cluster:
+            rel.start("operator")
+            rel.wait_ready("operator")
         rel.wait_ready("gateway")
 
         # Inputs written to S3 as a user would upload them (with the release's credentials).
@@ -103,8 +114,20 @@ def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch) -> None:
                            "benchmarks": ["humaneval"]},
         }
         submitted = {c: submit(gateway, body, headers)["id"] for c, body in runs.items()}
+        if cluster:  # the runs are the operator's custom resources now
+            for component, run_id in submitted.items():
+                run = cluster.get("primer.dev/v1alpha1", f"{component}runs", run_id)
+                assert run is not None, (component, run_id)
+            # the operator created the evaluation Job; the Job controller and kubelet run it
+            job = wait_job(cluster, 120)
+            assert job["metadata"]["ownerReferences"][0]["kind"] == "EvaluationRun", job
+            code, log = run_job(cluster, job, objects, group, tmp_path / "volumes", rel.hosts,
+                                api, 900)
+            assert code == 0, log[-4000:]
         done = {c: wait_run(gateway, run_id, headers, 900) for c, run_id in submitted.items()}
         logs = {c: group.logs(c)[-3000:] for c in submitted}
+        if cluster:
+            logs["operator"] = group.logs("operator")[-3000:]
         failed = {c: (r["phase"], r.get("error"), logs[c]) for c, r in done.items()
                   if r["phase"] != "Succeeded"}
         assert not failed, failed
@@ -114,12 +137,18 @@ def _rehearse(objects, teacher, teacher_url, tmp_path, monkeypatch) -> None:
             manifest = json.loads(out.read_text("_manifest.json"))
             assert manifest["rows"] > 0 and manifest["shards"], manifest
         assert teacher.requests >= 3
-        summary = done["evaluation"]["outputs"]["summaries"]["humaneval"]
+        # the same files in both modes (the run's outputs differ: the embedded gateway lists
+        # the summaries, the operator's status pass@1 per benchmark)
+        scored = open_storage(done["evaluation"]["output"])
+        assert scored.exists("humaneval/results.jsonl")
+        summary = json.loads(scored.read_text("humaneval/summary.json"))
         assert summary["n_problems"] == 164 and summary["n_samples"] == 164, summary
         # every layer held but, where the host gives no cgroup, the chart's allowed one
         assert summary["sandbox"]["degraded"] in ([], ["cgroup"]), summary
-        scored = open_storage(done["evaluation"]["output"])
-        assert scored.exists("humaneval/results.jsonl") and scored.exists("humaneval/summary.json")
+        outputs = done["evaluation"]["outputs"]
+        shown = (outputs["passAt1"]["humaneval"] if cluster
+                 else outputs["summaries"]["humaneval"]["pass@1"])
+        assert shown == summary["pass@1"], outputs
 
         # `helm test`: the chart's own test pod, as rendered, against the running release.
         test_pod = next(p for p in objects.of_kind("Pod")
