@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
+import re
+import statistics
 import subprocess
 import time
+import tokenize
 from pathlib import Path
 
 from recipe import demo, report
@@ -29,6 +33,60 @@ TOY = {"files": 80, "annotate_sample": 40, "embed_tokens": 32, "seq_len": 64, "v
        "specs_factor": 2.0, "max_tokens_textbook": 16, "max_tokens_exercise": 16,
        "eval_limit": 1, "eval_new_tokens": 8, "nll_limit": 2, "ablation_steps": 2,
        "ablation_seeds": (0,), "ablation_eval_limit": 1, "ablation_pass_at_1": False}
+
+
+def _doc_chars(text: str) -> int | None:
+    """Characters of comments and docstrings (a string statement) in ``text``; None when it
+    does not tokenize as Python."""
+    chars, prev = 0, None
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(text).readline):
+            if t.type == tokenize.COMMENT or (t.type == tokenize.STRING and prev in (
+                    None, tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE, tokenize.NL)):
+                chars += len(t.string)
+            if t.type not in (tokenize.NL, tokenize.COMMENT):
+                prev = t.type
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return chars
+
+
+def data_profile(run: Path) -> dict:
+    """What each arm trained on, beside what the NLL scores (HumanEval's canonical solutions:
+    bare function bodies): files, the share of comment and docstring characters, function
+    definitions per 1,000 characters, and the cross-entropy of the solutions' tokens under the
+    arm's token frequencies (a unigram model, add-one smoothed: how far the arm's text is from
+    the solutions before any training)."""
+    import numpy as np
+    from transformers import PreTrainedTokenizerFast
+
+    from primer.benchmarks import load_benchmark
+    from primer.datasets import open_dataset, read_manifest
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(run / "pack-code" / "tokenizer"))
+    solutions = [p.reference for p in load_benchmark("humaneval").problems.values()]
+    ids = np.asarray([i for s in solutions for i in tok(s, add_special_tokens=False).input_ids])
+    facts = json.loads((run / "report" / "facts.json").read_text())
+    out = {}
+    for arm in facts.get("ablation_arms") or {}:
+        slug = arm.replace("+", "-")
+        pack = run / ("pack-codetextbook" if arm == "filtered+synthetic"
+                      else f"ablation/pack-{slug}")
+        meta = read_manifest(str(pack)).metadata
+        texts = [t for src in meta["sources"] for t in open_dataset(src["uri"]).to_table(
+            ["text"]).column("text").to_pylist() if t]
+        doc = [d / len(t) for t in texts if (d := _doc_chars(t)) is not None]
+        defs = sum(len(re.findall(r"^\s*(?:async\s+)?def ", t, re.M)) for t in texts)
+        counts = np.ones(meta["vocab_size"])
+        for f in sorted(pack.glob("tokens-*.bin")):
+            counts += np.bincount(np.fromfile(f, dtype=meta["dtype"]),
+                                  minlength=meta["vocab_size"])
+        out[arm] = {"files": len(texts), "pack_tokens": meta["windows"] * meta["seq_len"],
+                    "comment_docstring_char_share": round(statistics.fmean(doc), 3),
+                    "defs_per_1k_chars": round(1000 * defs / sum(map(len, texts)), 3),
+                    "humaneval_solution_unigram_xent": round(float(
+                        -np.log(counts[ids] / counts.sum()).mean()), 3)}
+    return out
 
 
 def summarise(run: Path, wall_s: float, commit: str) -> dict:
@@ -52,6 +110,7 @@ def summarise(run: Path, wall_s: float, commit: str) -> dict:
                             "nll_per_seed": r["nll_seeds"], "humaneval_pass@1": r["he_mean"],
                             "mbpp_pass@1": r["mbpp_mean"]} for r in g.get("ablation", [])},
         "pairs": g.get("ablation_pairs", []),
+        "data": data_profile(run),
         "ablation_stage_s": facts.get("stage_times", {}).get("ablation", {}).get("seconds"),
         "wall_s": round(wall_s, 1),
     }

@@ -42,6 +42,10 @@ def check_ablation(r: dict) -> None:
     for arm in r["arms"].values():
         positive(arm, "nll_mean", "pack_tokens")
         assert len(arm["nll_per_seed"]) == 1
+    for arm, data in r["data"].items():  # what each arm trained on
+        assert arm in r["arms"]
+        positive(data, "files", "pack_tokens", "humaneval_solution_unigram_xent")
+        assert 0 <= data["comment_docstring_char_share"] <= 1 and data["defs_per_1k_chars"] >= 0
     # the control arm is cut from the unfiltered files, to the filtered arm's size
     assert r["arms"]["unfiltered-subset"]["pack_tokens"] <= r["arms"]["unfiltered"]["pack_tokens"]
 
