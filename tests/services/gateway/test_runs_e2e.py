@@ -221,6 +221,8 @@ def test_an_evaluation_run_is_planned_by_the_gateway_and_scored_by_a_worker(
     assert sorted(summaries) == ["humaneval", "mbpp"]
     assert all(s["n_problems"] == 3 and s["n_samples"] == 3 for s in summaries.values())
     assert all(s["sandbox"]["layers"] for s in summaries.values()), summaries
+    # the field a cluster-mode gateway shows from the EvaluationRun's status, too
+    assert run["outputs"]["passAt1"] == {b: s["pass@1"] for b, s in summaries.items()}
     out = open_storage(run["output"])
     assert out.exists("mbpp/samples.jsonl") and out.exists("humaneval/results.jsonl")
     units = [json.loads(out.read_text(o.key)) for o in out.list("_work/_markers/")]
