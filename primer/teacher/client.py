@@ -185,6 +185,7 @@ class Teacher:
         self.cache = ResponseCache(config.cache_uri) if config.cache_uri else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cache_pool: ThreadPoolExecutor | None = None
+        self._cache_threads = min(config.max_concurrency, CACHE_THREADS)
         # Cache writes wait here for the cache threads (see _put_later); failed ones are
         # counted and logged, never raised: the answer they would have kept is still returned.
         self._puts: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
@@ -239,9 +240,8 @@ class Teacher:
         """The cache's own threads: the loop's default pool has only min(32, cpus + 4),
         shared with everything else, and hundreds of requests in flight would queue there."""
         if self._cache_pool is None:
-            self._cache_pool = ThreadPoolExecutor(
-                max_workers=min(self.config.max_concurrency, CACHE_THREADS),
-                thread_name_prefix="teacher-cache")
+            self._cache_pool = ThreadPoolExecutor(max_workers=self._cache_threads,
+                                                  thread_name_prefix="teacher-cache")
         return self._cache_pool
 
     async def _cache_io(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -255,7 +255,7 @@ class Teacher:
 
     def _put_later(self, key: str, entry: dict[str, Any]) -> None:
         self._puts.append((key, entry))
-        if len(self._writers) < min(self.config.max_concurrency, CACHE_THREADS) and \
+        if len(self._writers) < self._cache_threads and \
                 len(self._puts) > WRITER_BACKLOG * len(self._writers):
             self._start_writer()
 
