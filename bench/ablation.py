@@ -51,7 +51,7 @@ def _doc_chars(text: str) -> int | None:
     return chars
 
 
-def data_profile(run: Path) -> dict:
+def data_profile(run: Path, facts: dict) -> dict:
     """What each arm trained on, beside what the NLL scores (HumanEval's canonical solutions:
     bare function bodies): files, the share of comment and docstring characters, function
     definitions per 1,000 characters, and the cross-entropy of the solutions' tokens under the
@@ -66,13 +66,10 @@ def data_profile(run: Path) -> dict:
     tok = PreTrainedTokenizerFast.from_pretrained(str(run / "pack-code" / "tokenizer"))
     solutions = [p.reference for p in load_benchmark("humaneval").problems.values()]
     ids = np.asarray([i for s in solutions for i in tok(s, add_special_tokens=False).input_ids])
-    facts = json.loads((run / "report" / "facts.json").read_text())
     out = {}
-    for arm in facts.get("ablation_arms") or {}:
-        slug = arm.replace("+", "-")
-        pack = run / ("pack-codetextbook" if arm == "filtered+synthetic"
-                      else f"ablation/pack-{slug}")
-        meta = read_manifest(str(pack)).metadata
+    for arm, uri in (facts.get("ablation_packs") or {}).items():
+        pack = Path(uri)
+        meta = read_manifest(uri).metadata
         texts = [t for src in meta["sources"] for t in open_dataset(src["uri"]).to_table(
             ["text"]).column("text").to_pylist() if t]
         doc = [d / len(t) for t in texts if (d := _doc_chars(t)) is not None]
@@ -110,7 +107,7 @@ def summarise(run: Path, wall_s: float, commit: str) -> dict:
                             "nll_per_seed": r["nll_seeds"], "humaneval_pass@1": r["he_mean"],
                             "mbpp_pass@1": r["mbpp_mean"]} for r in g.get("ablation", [])},
         "pairs": g.get("ablation_pairs", []),
-        "data": data_profile(run),
+        "data": data_profile(run, facts),
         "ablation_stage_s": facts.get("stage_times", {}).get("ablation", {}).get("seconds"),
         "wall_s": round(wall_s, 1),
     }

@@ -537,21 +537,19 @@ class Demo:
             "CodeTextbook pack)" if syn else "filtered+synthetic: not trained, because no "
             "synthetic textbook was valid (toy teacher), so it would be the filtered arm again")
 
+        # each arm's packed data: the CodeTextbook pack is one already
+        packs = {arm: sources[0] if sources[0] == syn
+                 else R("ablation", f"pack-{arm.replace('+', '-')}")
+                 for arm, sources in arms.items()}
+
         def ablate(rec: StageRecord) -> str:
-            packs: dict[str, str] = {}
             if not _has_manifest(R("ablation", "subset-unfiltered")):
                 size_matched_subset(R("sources-clean"), R("curated-clean"),
                                     R("ablation", "subset-unfiltered"), seed=0)
             for arm, sources in arms.items():
-                slug = arm.replace("+", "-")
-                pack = sources[0] if sources[0].endswith("pack-codetextbook") \
-                    else R("ablation", f"pack-{slug}")
-                if not _has_manifest(pack):
-                    self.sh("ablation", ["pack", *sources, "--output", pack, "--tokenizer", tok,
-                                         "--seq-len", str(pl.seq_len), "--workers", w], rec)
-                packs[arm] = pack
-            self.facts["ablation_pack_tokens"] = {a: read_manifest(p).tokens
-                                                  for a, p in packs.items()}
+                if not _has_manifest(packs[arm]):
+                    self.sh("ablation", ["pack", *sources, "--output", packs[arm], "--tokenizer",
+                                         tok, "--seq-len", str(pl.seq_len), "--workers", w], rec)
 
             def unit(arm: str, seed: int) -> None:
                 name = f"{arm.replace('+', '-')}-seed{seed}"
@@ -579,6 +577,10 @@ class Demo:
                    "_summary.json")).exists() for a in arms for s in pl.ablation_seeds), ablate)
         self.facts["ablation_arms"] = {a: [f"{a.replace('+', '-')}-seed{s}"
                                            for s in pl.ablation_seeds] for a in arms}
+        # after the stage, so that a resumed run states them too
+        self.facts["ablation_packs"] = packs
+        self.facts["ablation_pack_tokens"] = {a: read_manifest(p).tokens
+                                              for a, p in packs.items()}
 
 
 def size_matched_subset(source: str, like: str, out: str, seed: int = 0) -> Manifest:
