@@ -1,12 +1,13 @@
 """The Kubernetes API for the rehearsal's pods, and the two controllers of it the rehearsal plays.
 
 The API server is kmock's emulator, the one the operator tests use (tests/operators/conftest.py),
-behind TLS. Pods reach it as in a cluster (``podspec.ApiServer``): ``KUBERNETES_SERVICE_*`` in
-their env and, where they automount it, a service account token and the CA that signed the
-server's certificate. So the operator's and the gateway's in-cluster login (the ``kubernetes``
-client's ``load_incluster_config``, kopf's login) runs unchanged: HTTPS with the certificate
-checked against the mounted CA, the bearer token sent. kmock authenticates and authorizes
-nothing; the chart's RBAC is checked against the handlers' calls in tests/charts.
+behind TLS (``release.Forwarder``). Pods reach it as in a cluster (``podspec.ApiServer``):
+``KUBERNETES_SERVICE_*`` in their env and, where they automount it, a service account token and
+the CA that signed the server's certificate. So the operator's and the gateway's in-cluster
+login (the ``kubernetes`` client's ``load_incluster_config``, kopf's login) runs unchanged:
+HTTPS with the certificate checked against the mounted CA, the bearer token sent. kmock
+authenticates and authorizes nothing; the chart's RBAC is checked against the handlers'
+calls in tests/charts.
 
 The test itself talks to kmock over plain HTTP (``Cluster``'s helpers), as ``kubectl`` would.
 
@@ -17,12 +18,10 @@ init containers first, and the Job's status is set as the Job controller sets it
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ import requests
 from tests.operators.conftest import NS, Cluster
 from tests.rehearsal.containers import Containers
 from tests.rehearsal.podspec import ApiServer, Objects, Pod, run_args
+from tests.rehearsal.release import Forwarder
 
 
 def certificates(folder: Path) -> tuple[Path, Path, Path]:
@@ -54,54 +54,14 @@ def certificates(folder: Path) -> tuple[Path, Path, Path]:
     return ca, crt, key
 
 
-class TlsFront:
-    """HTTPS on 127.0.0.1 (a free port) → kmock's plain HTTP, byte for byte, so that watches
-    stream through as they do from an API server."""
-
-    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
-        self.target_port = target_port
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context), self._loop
-        ).result(10)
-        self.port: int = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, ConnectionError, ssl.SSLError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
 @contextlib.contextmanager
 def api_server(folder: Path) -> Iterator[tuple[Cluster, ApiServer]]:
     """kmock behind TLS: the emulator (for the test) and what pods are given to reach it."""
     ca, crt, key = certificates(folder)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
     with Cluster() as cluster:
-        front = TlsFront(int(cluster.url.rsplit(":", 1)[1]), crt, key)
+        front = Forwarder(0, int(cluster.url.rsplit(":", 1)[1]), tls)
         try:
             yield cluster, ApiServer("127.0.0.1", front.port, ca.read_text(),
                                      secrets.token_urlsafe(32))
@@ -158,4 +118,4 @@ def run_job(cluster: Cluster, job: dict[str, Any], objects: Objects, group: Cont
     return code, log
 
 
-__all__ = ["NS", "TlsFront", "api_server", "certificates", "jobs", "run_job", "wait_job"]
+__all__ = ["NS", "api_server", "certificates", "jobs", "run_job", "wait_job"]

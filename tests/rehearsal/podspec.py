@@ -203,6 +203,15 @@ def _volume_dir(pod: Pod, name: str) -> Path:
     return path
 
 
+def _volume_file(target: Path, text: str, mode: int, fs_group: int | None) -> None:
+    """One file of a Secret, ConfigMap or projected volume, as the kubelet writes it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    target.chmod(mode)
+    if fs_group is not None:
+        os.chown(target, 0, fs_group)
+
+
 def _materialize_volume(pod: Pod, volume: dict[str, Any], objects: Objects,
                         fs_group: int | None) -> tuple[Path, bool]:
     """A pod volume as a host folder; returns (folder, read-only)."""
@@ -216,12 +225,8 @@ def _materialize_volume(pod: Pod, volume: dict[str, Any], objects: Objects,
             data = objects.data(kind, spec[ref])
             items = spec.get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
-                target = path / item["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(data[item["key"]])
-                target.chmod(item.get("mode", spec.get("defaultMode", 0o644)))
-                if fs_group is not None:
-                    os.chown(target, 0, fs_group)
+                _volume_file(path / item["path"], data[item["key"]],
+                             item.get("mode", spec.get("defaultMode", 0o644)), fs_group)
             return path, True
     if "persistentVolumeClaim" in volume:
         return _claim_dir(path, fs_group), False
@@ -249,10 +254,7 @@ def _service_account_dir(pod: Pod, fs_group: int | None) -> Path:
     path = _volume_dir(pod, "kube-api-access")
     for name, text in (("token", pod.api.token), ("ca.crt", pod.api.ca_pem),
                        ("namespace", pod.namespace)):
-        (path / name).write_text(text)
-        (path / name).chmod(0o644)
-        if fs_group is not None:
-            os.chown(path / name, 0, fs_group)
+        _volume_file(path / name, text, 0o644, fs_group)
     return path
 
 

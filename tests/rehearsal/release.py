@@ -16,10 +16,12 @@ Stand-ins, each for something no registry can give here, and only where named:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -108,38 +110,45 @@ def _target_port(objects: Objects, svc: dict[str, Any], port: dict[str, Any]) ->
 
 
 class Forwarder:
-    """127.0.0.1:listen → 127.0.0.1:target, a thread per connection (kube-proxy's job)."""
+    """127.0.0.1:listen → 127.0.0.1:target, byte for byte, so streams (watches) flow through:
+    kube-proxy's job, or with ``tls`` an HTTPS front for a plain server (the rehearsal's API
+    server). ``listen=0`` takes a free port (:attr:`port`)."""
 
-    def __init__(self, listen: int, target: int):
+    def __init__(self, listen: int, target: int, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
-        self.sock = socket.create_server(("127.0.0.1", listen))
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", listen, ssl=tls), self._loop
+        ).result(10)
+        self.port: int = self._server.sockets[0].getsockname()[1]
 
-    def _accept(self) -> None:
-        while True:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            with contextlib.suppress(OSError):
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def close(self) -> None:
-        # close() alone leaves the port listening while _accept blocks in accept(); shutdown
-        # wakes it (Linux), so the next release can bind the port again
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        # the listening socket closes first, so the next release can bind the port again
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def _port_free(port: int) -> bool:
