@@ -259,3 +259,30 @@ def test_a_write_that_need_not_be_durable_skips_only_the_fsync(tmp_path, monkeyp
     assert len(synced) == 1 and store.read_text("a/cache.json") == "2"
     assert sorted(o.key for o in store.list()) == ["a/cache.json", "a/durable.json"]
     assert not [p for p in (tmp_path / "s" / "a").iterdir() if p.name.startswith(".")]
+
+
+def test_objects_are_readable_by_every_uid_and_a_taken_temp_name_is_skipped(tmp_path,
+                                                                            monkeypatch):
+    """Temp names come from a per-process tag and a counter, which a forked child shares with
+    its parent: a name another process holds is skipped, never overwritten. Published objects
+    are 0644 whatever the umask (a worker under another uid reads the cache)."""
+    import itertools
+
+    from primer.storage import local
+
+    (tmp_path / "a").mkdir()
+    taken = tmp_path / "a" / f"{local._TMP_TAG}7"
+    taken.write_bytes(b"another process's write")
+    monkeypatch.setattr(local, "_tmp_counter", itertools.count(7))
+    store = LocalStorage(tmp_path)
+    old = os.umask(0o077)
+    try:
+        store.write_bytes("a/x.json", b"1", durable=False)
+        with store.open_write("b/y.json") as f:
+            f.write(b"2")
+    finally:
+        os.umask(old)
+    assert taken.read_bytes() == b"another process's write"
+    assert store.read_bytes("a/x.json") == b"1" and store.read_bytes("b/y.json") == b"2"
+    assert {oct((tmp_path / k).stat().st_mode & 0o777) for k in ("a/x.json", "b/y.json")} \
+        == {"0o644"}
