@@ -47,6 +47,8 @@ POOL_SHARD_SIZE = 64
 """Most connections one HTTP client holds; more concurrency spreads over more clients."""
 CACHE_THREADS = 64
 """Most threads doing cache reads and writes at once (each waits on a disk or S3)."""
+LOOKUP_CHUNK = 64
+"""Most cache reads one cache thread does per hand-off when a batch looks up its requests."""
 WRITER_BACKLOG = 8
 """Queued cache writes per writing thread before another thread joins in: one thread keeps up
 with a local disk; a slow store (S3) gets more, up to CACHE_THREADS."""
@@ -289,6 +291,19 @@ class Teacher:
                                 "are returned but a rerun asks for them again", self.cache
                                 .store.uri, exc)
 
+    def _look_up(self, keys: list[str]) -> tuple[int, list[asyncio.Future[list[Any]]]]:
+        """The cache's entries for ``keys`` (None for a miss), read ``chunk`` keys per call
+        on the cache threads: the hand-off to a thread and back, not the read, was most of
+        what a miss cost. A small batch still reads on every cache thread at once (a slow
+        store's reads overlap), and the first requests wait for one chunk, not the batch."""
+        if self.cache is None or not keys:
+            return 1, []
+        cache, loop, pool = self.cache, asyncio.get_running_loop(), self._pool()
+        chunk = max(1, min(LOOKUP_CHUNK, len(keys) // self._cache_threads))
+        return chunk, [loop.run_in_executor(pool, lambda part: [cache.get(k) for k in part],
+                                            keys[i:i + chunk])
+                       for i in range(0, len(keys), chunk)]
+
     async def _drain_puts(self) -> None:
         """Until every queued cache write is written (or failed and counted)."""
         while self._writers:
@@ -300,12 +315,16 @@ class Teacher:
         """One completion, from the cache when it holds this exact request."""
         self._bind_loop()
         key = request.key(self.config.model)
-        if self.cache is not None:
-            hit = await self._cache_io(self.cache.get, key)
-            if hit is not None:
-                self.usage.add(cached=1)
-                return Completion(**{**hit, "choices": tuple(hit.get("choices", ())),
-                                     "cached": True, "key": key})
+        hit = await self._cache_io(self.cache.get, key) if self.cache is not None else None
+        return await self._answer(request, key, hit)
+
+    async def _answer(self, request: Request, key: str, hit: dict[str, Any] | None
+                      ) -> Completion:
+        """The cached answer ``hit``, or the teacher's (then queued for the cache)."""
+        if hit is not None:
+            self.usage.add(cached=1)
+            return Completion(**{**hit, "choices": tuple(hit.get("choices", ())),
+                                 "cached": True, "key": key})
         slot = await self._slots.get()
         try:
             completion = await self._with_retries(request, key, slot)
@@ -323,9 +342,14 @@ class Teacher:
         """All ``requests`` concurrently (bounded); failures come back as TeacherError values,
         in the same order as the requests."""
 
-        async def one(request: Request) -> Completion | TeacherError:
+        self._bind_loop()
+        keys = [r.key(self.config.model) for r in requests]
+        chunk, lookups = self._look_up(keys)
+
+        async def one(i: int, request: Request) -> Completion | TeacherError:
             try:
-                result: Completion | TeacherError = await self.complete(request)
+                hit = (await lookups[i // chunk])[i % chunk] if lookups else None
+                result: Completion | TeacherError = await self._answer(request, keys[i], hit)
             except TeacherError as exc:
                 result = exc
             if on_done is not None:
@@ -333,7 +357,7 @@ class Teacher:
             return result
 
         try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
         finally:
             await self._drain_puts()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -172,6 +173,33 @@ def test_cache_reads_and_writes_do_not_queue_on_the_default_thread_pool(tmp_path
     assert not any(r.cached for r in done) and all(r.cached for r in rerun)
     assert [r.text for r in rerun] == [r.text for r in done]
     assert server.requests == parties and again.usage.cached == parties
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """The teacher's cache threads, counting the calls handed to them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handed = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.handed += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_batch_reads_the_cache_in_chunks_not_one_hand_off_per_request(tmp_path):
+    """A thread hand-off costs more than a local read: a batch reads a chunk of keys per
+    hand-off, and still gets every entry (a rerun asks the teacher nothing)."""
+    requests = [ask(f"item {i}", seed=i) for i in range(640)]
+    with OpenAIServer() as server:
+        first = make(server, max_concurrency=64, cache_uri=str(tmp_path / "cache"))
+        done = asyncio.run(first.complete_many(requests))
+        again = make(server, max_concurrency=64, cache_uri=str(tmp_path / "cache"))
+        again._cache_pool = pool = _CountingPool(max_workers=64)
+        rerun = asyncio.run(again.complete_many(requests))
+    assert server.requests == 640 and again.usage.cached == 640
+    assert [r.text for r in rerun] == [r.text for r in done] and all(r.cached for r in rerun)
+    assert pool.handed == 640 // 10  # 640 keys over 64 threads: 10 reads per hand-off
 
 
 @pytest.mark.slow
