@@ -82,7 +82,7 @@ def check_generation(r: dict) -> None:
     for client in ("openai+semaphore", "primer.teacher", "primer.teacher+cache"):
         positive(r["summary"]["4"][client], "rps_median", "cpu_ms_per_request_median",
                  "rps_ratio_to_baseline_median")
-    assert len(r["runs"]) == 3
+    assert len(r["runs"]) == 3 and Path(r["cache_dir"]).is_dir()
 
 
 def check_packing(r: dict) -> None:
@@ -148,7 +148,8 @@ TOYS = {
                              long=True),
     "eval.py": Toy(["--workers", "2", "--rounds", "1", "--json", "{out}"], check_eval),
     "generation.py": Toy(["--concurrency", "4", "--waves", "1", "--rounds", "1",
-                          "--latency", "0.01", "--server-procs", "1", "--json", "{out}"],
+                          "--latency", "0.01", "--server-procs", "1", "--cache-dir", "{tmp}",
+                          "--json", "{out}"],
                          check_generation),
     "generation_select.py": Toy(["--records", "3000", "--batch", "64", "--json", "{out}"],
                                 check_generation_select),
