@@ -54,26 +54,17 @@ class LocalStorage(Storage):
 
     @contextlib.contextmanager
     def open_write(self, key: str, durable: bool = True) -> Iterator[BinaryIO]:
-        path = self._path(key)
-        fd, tmp = _create_temp(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            _discard(tmp, exc, path)
-            raise
+        with _publish(self._path(key)) as fd, os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
 
     def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         # Straight to the descriptor: five system calls for a small object (a cache entry)
         # where the buffered file of open_write makes eleven, and each costs far more than its
         # bytes while other processes make system calls too (bench/generation.py).
-        path = self._path(key)
-        fd, tmp = _create_temp(path)
-        try:
+        with _publish(self._path(key)) as fd:
             try:
                 view = memoryview(data)
                 while view:
@@ -82,10 +73,6 @@ class LocalStorage(Storage):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            _discard(tmp, exc, path)
-            raise
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -173,12 +160,21 @@ def _create_temp(path: Path) -> tuple[int, str]:
         return fd, tmp
 
 
-def _discard(tmp: str, exc: BaseException, path: Path) -> None:
-    """Remove an unpublished temp file; an OS error becomes the storage error saying where."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-        raise _os_error(exc, path) from exc
+@contextlib.contextmanager
+def _publish(path: Path) -> Iterator[int]:
+    """A temp file's descriptor beside ``path``, for the block to write and close; the file
+    becomes ``path`` when the block exits cleanly, and is removed when it raises (an OS error
+    then becomes the storage error that says where)."""
+    fd, tmp = _create_temp(path)
+    try:
+        yield fd
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            raise _os_error(exc, path) from exc
+        raise
 
 
 def _write_error(exc: OSError, path: Path) -> StorageError:
