@@ -293,9 +293,10 @@ class Teacher:
 
     def _look_up(self, keys: list[str]) -> tuple[int, list[asyncio.Future[list[Any]]]]:
         """The cache's entries for ``keys`` (None for a miss), read ``chunk`` keys per call
-        on the cache threads: the hand-off to a thread and back, not the read, was most of
-        what a miss cost. A small batch still reads on every cache thread at once (a slow
-        store's reads overlap), and the first requests wait for one chunk, not the batch."""
+        on the cache threads: one hand-off to a thread and back per chunk, not per request
+        (its effect on bench/generation.py was within a run's noise). A small batch still
+        reads on every cache thread at once (a slow store's reads overlap), and the first
+        requests wait for one chunk, not the batch."""
         if self.cache is None or not keys:
             return 1, []
         cache, loop, pool = self.cache, asyncio.get_running_loop(), self._pool()
