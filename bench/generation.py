@@ -166,10 +166,10 @@ def main() -> None:
                         help="where the +cache client's fresh cache folders are made")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    url, servers = start_servers(args.server_procs, args.latency)
     cache_root = tempfile.mkdtemp(prefix="primer-bench-cache-", dir=args.cache_dir)
     clients = {**CLIENTS, "primer.teacher+cache": functools.partial(
         run_teacher_cached, cache_root=cache_root)}
-    url, servers = start_servers(args.server_procs, args.latency)
     results = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_start": os.getloadavg(),
                "latency_s": args.latency, "server_procs": args.server_procs,
                "waves": args.waves, "rounds": args.rounds,
