@@ -68,6 +68,10 @@ class Storage(abc.ABC):
 
     #: The root URI this storage was opened with, normalised (no trailing slash).
     uri: str
+    #: Whether a call is a system call on a local file system (tens of microseconds) rather
+    #: than a network request: an event loop may then make small calls itself, which costs
+    #: less than handing them to a thread (see primer.teacher's cache).
+    local: bool = False
 
     @abc.abstractmethod
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:

@@ -27,6 +27,8 @@ _TMP_PREFIX = ".primer-tmp-"
 class LocalStorage(Storage):
     """Objects are files under :attr:`root`; writes go to a temp file, then ``os.replace``."""
 
+    local = True
+
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser().absolute()
         self.uri = str(self.root)
