@@ -46,12 +46,20 @@ log = logging.getLogger("primer.teacher")
 POOL_SHARD_SIZE = 64
 """Most connections one HTTP client holds; more concurrency spreads over more clients."""
 CACHE_THREADS = 64
-"""Most threads doing cache reads and writes at once (each waits on a disk or S3)."""
-LOOKUP_CHUNK = 64
-"""Most cache reads one cache thread does per hand-off when a batch looks up its requests."""
+"""Most threads doing cache reads and writes at once (each waits on S3 or a slow disk)."""
 WRITER_BACKLOG = 8
-"""Queued cache writes per writing thread before another thread joins in: one thread keeps up
-with a local disk; a slow store (S3) gets more, up to CACHE_THREADS."""
+"""Queued cache writes per writing thread before another thread joins in: a slow store (S3)
+gets more writing threads, up to CACHE_THREADS."""
+INLINE_IO_BUDGET_S = 0.0005
+"""Mean seconds a cache read or write may hold the event loop. A local disk answers in tens of
+microseconds, so the loop reads and writes it itself: handing each call to a thread cost ten
+times the call (bench/generation.py at C = 128: 0.5 ms of CPU per write in a thread, mostly
+the GIL passing back and forth at each system call, against 0.05 ms on the loop). A local
+store slower than that hand-off on average (a network file system, a busy disk) would stall
+every request in flight, so its calls move to the cache threads for the rest of the run."""
+INLINE_IO_WINDOW = 16
+"""Calls the running mean of the loop's cache calls spans: one slow call does not move the
+cache to the threads, a slow store does within a few calls."""
 
 
 class TeacherError(Exception):
@@ -194,6 +202,8 @@ class Teacher:
         self._writers: set[asyncio.Future[None]] = set()
         self._put_lock = threading.Lock()
         self.cache_write_failures = 0
+        self._inline_mean_s = 0.0  # running mean of the loop's own cache calls
+        self._inline_ok = True  # False once that mean went over INLINE_IO_BUDGET_S
         self._local = None
         if config.is_local_checkpoint():
             from primer.teacher.local import LocalBackend
@@ -246,16 +256,45 @@ class Teacher:
                                                   thread_name_prefix="teacher-cache")
         return self._cache_pool
 
-    async def _cache_io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking cache call (disk or S3) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+    def _inline(self) -> bool:
+        """Whether the loop makes the cache's calls itself (see INLINE_IO_BUDGET_S)."""
+        return self._inline_ok and self.cache is not None and self.cache.store.local
 
-    # Cache writes happen behind the answers: queued, and written by as few cache threads as
-    # keep up (each drains the queue, so a thread is woken once per batch, not per answer).
-    # complete_many and aclose wait for them, so a batch's answers are all in the cache before
-    # its caller goes on, as when each answer waited for its own write.
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A cache call made on the event loop, timed: a store whose calls take too long on
+        average has its later calls made on the cache threads."""
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            took = time.perf_counter() - started
+            self._inline_mean_s += (took - self._inline_mean_s) / INLINE_IO_WINDOW
+            if self._inline_ok and self._inline_mean_s > INLINE_IO_BUDGET_S:
+                self._inline_ok = False
+                assert self.cache is not None
+                log.info("the teacher cache %s takes %.1f ms a call on average; its reads "
+                         "and writes move off the event loop to threads",
+                         self.cache.store.uri, self._inline_mean_s * 1000)
+
+    async def _get(self, key: str) -> dict[str, Any] | None:
+        """The cache's entry for ``key``; None for a miss, or when there is no cache."""
+        if self.cache is None:
+            return None
+        if self._inline():
+            return self._on_loop(self.cache.get, key)
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.cache.get,
+                                                                key)
+
+    # Cache writes happen behind the answers. A local store is written on the loop at once;
+    # for any other, writes are queued and written by as few cache threads as keep up (each
+    # drains the queue, so a thread is woken once per batch, not per answer). complete_many
+    # and aclose wait for them, so a batch's answers are all in the cache before its caller
+    # goes on, as when each answer waited for its own write.
 
     def _put_later(self, key: str, entry: dict[str, Any]) -> None:
+        if self._inline():
+            self._on_loop(self._put, key, entry)
+            return
         self._puts.append((key, entry))
         if len(self._writers) < self._cache_threads and \
                 len(self._puts) > WRITER_BACKLOG * len(self._writers):
@@ -274,36 +313,26 @@ class Teacher:
             self._start_writer()
 
     def _write_puts(self) -> None:
-        assert self.cache is not None
         while True:
             try:
                 key, entry = self._puts.popleft()
             except IndexError:
                 return
-            try:
-                self.cache.put(key, entry)
-            except Exception as exc:  # a full disk, S3 down: the answer is returned anyway
-                with self._put_lock:
-                    self.cache_write_failures += 1
-                    first = self.cache_write_failures == 1
-                if first:
-                    log.warning("cannot write teacher answers to the cache %s (%s); they "
-                                "are returned but a rerun asks for them again", self.cache
-                                .store.uri, exc)
+            self._put(key, entry)
 
-    def _look_up(self, keys: list[str]) -> tuple[int, list[asyncio.Future[list[Any]]]]:
-        """The cache's entries for ``keys`` (None for a miss), read ``chunk`` keys per call
-        on the cache threads: one hand-off to a thread and back per chunk, not per request
-        (its effect on bench/generation.py was within a run's noise). A small batch still
-        reads on every cache thread at once (a slow store's reads overlap), and the first
-        requests wait for one chunk, not the batch."""
-        if self.cache is None or not keys:
-            return 1, []
-        cache, loop, pool = self.cache, asyncio.get_running_loop(), self._pool()
-        chunk = max(1, min(LOOKUP_CHUNK, len(keys) // self._cache_threads))
-        return chunk, [loop.run_in_executor(pool, lambda part: [cache.get(k) for k in part],
-                                            keys[i:i + chunk])
-                       for i in range(0, len(keys), chunk)]
+    def _put(self, key: str, entry: dict[str, Any]) -> None:
+        """One cache write; a failed one is counted and logged (once), never raised."""
+        assert self.cache is not None
+        try:
+            self.cache.put(key, entry)
+        except Exception as exc:  # a full disk, S3 down: the answer is returned anyway
+            with self._put_lock:
+                self.cache_write_failures += 1
+                first = self.cache_write_failures == 1
+            if first:
+                log.warning("cannot write teacher answers to the cache %s (%s); they are "
+                            "returned but a rerun asks for them again", self.cache.store.uri,
+                            exc)
 
     async def _drain_puts(self) -> None:
         """Until every queued cache write is written (or failed and counted)."""
@@ -316,8 +345,7 @@ class Teacher:
         """One completion, from the cache when it holds this exact request."""
         self._bind_loop()
         key = request.key(self.config.model)
-        hit = await self._cache_io(self.cache.get, key) if self.cache is not None else None
-        return await self._answer(request, key, hit)
+        return await self._answer(request, key, await self._get(key))
 
     async def _answer(self, request: Request, key: str, hit: dict[str, Any] | None
                       ) -> Completion:
@@ -344,13 +372,10 @@ class Teacher:
         in the same order as the requests."""
 
         self._bind_loop()
-        keys = [r.key(self.config.model) for r in requests]
-        chunk, lookups = self._look_up(keys)
 
-        async def one(i: int, request: Request) -> Completion | TeacherError:
+        async def one(request: Request) -> Completion | TeacherError:
             try:
-                hit = (await lookups[i // chunk])[i % chunk] if lookups else None
-                result: Completion | TeacherError = await self._answer(request, keys[i], hit)
+                result: Completion | TeacherError = await self.complete(request)
             except TeacherError as exc:
                 result = exc
             if on_done is not None:
@@ -358,7 +383,7 @@ class Teacher:
             return result
 
         try:
-            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+            return list(await asyncio.gather(*(one(r) for r in requests)))
         finally:
             await self._drain_puts()
 
