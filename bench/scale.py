@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,8 +134,18 @@ def curation(n: int, tmp: Path, executor: MeasuredExecutor) -> dict:
     from services.curation import pipeline
     from services.curation.config import CurationConfig
 
-    cfg = CurationConfig(output=str(tmp / "curated"), workers=executor.workers)
-    cfg.reader.limit, cfg.reader.files_per_unit = n, FILES_PER_UNIT
+    # The input is a folder of exactly n of this machine's Python files: the plan unit then
+    # lists the input, not every Python file on the machine (34k here, whatever n is).
+    from services.curation.readers import default_roots, list_py_files
+
+    files = list_py_files(default_roots())[:n]
+    for f in files:
+        copy = tmp / "input" / f.lstrip("/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, copy)
+    cfg = CurationConfig(input=str(tmp / "input"), output=str(tmp / "curated"),
+                         workers=executor.workers)
+    cfg.reader.files_per_unit = FILES_PER_UNIT
     cfg.annotate.sample_size = 40  # a fixed sample at any scale (the paper's: ~100k files)
     cfg.classify.max_tokens, cfg.classify.n_estimators = 64, 50
     report = pipeline.run(cfg, executor=executor, progress=False)
