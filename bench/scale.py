@@ -39,7 +39,7 @@ from primer.executor import LocalExecutor, read_marker  # noqa: E402
 from primer.storage import open_storage  # noqa: E402
 
 # base input at 1× and the unit size (fixed, so units grow with the input)
-BASES = {"curation": 100, "packing": 250_000, "decontamination": 8, "generation": 32}
+BASES = {"curation": 100, "packing": 250_000, "decontamination": 32, "generation": 32}
 TOY_BASES = {"curation": 60, "packing": 40_000, "decontamination": 4, "generation": 4}
 FILES_PER_UNIT = 50
 TOKENS_PER_SHARD = 100_000
