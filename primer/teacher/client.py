@@ -342,14 +342,11 @@ class Teacher:
     # -- public API -----------------------------------------------------------------------------
 
     async def complete(self, request: Request) -> Completion:
-        """One completion, from the cache when it holds this exact request."""
+        """One completion, from the cache when it holds this exact request (else the
+        teacher's, then written to the cache behind the answer)."""
         self._bind_loop()
         key = request.key(self.config.model)
-        return await self._answer(request, key, await self._get(key))
-
-    async def _answer(self, request: Request, key: str, hit: dict[str, Any] | None
-                      ) -> Completion:
-        """The cached answer ``hit``, or the teacher's (then queued for the cache)."""
+        hit = await self._get(key)
         if hit is not None:
             self.usage.add(cached=1)
             return Completion(**{**hit, "choices": tuple(hit.get("choices", ())),
@@ -370,8 +367,6 @@ class Teacher:
                             ) -> list[Completion | TeacherError]:
         """All ``requests`` concurrently (bounded); failures come back as TeacherError values,
         in the same order as the requests."""
-
-        self._bind_loop()
 
         async def one(request: Request) -> Completion | TeacherError:
             try:
